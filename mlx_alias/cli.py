@@ -1,0 +1,116 @@
+"""``mlx-alias`` command line. Errors a user can cause are printed as one sentence with a
+non-zero exit; ``--debug`` shows the traceback instead."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find token aliases that make SAM3 segment a concept (MLX port of SAM3).",
+)
+state = {"debug": False}
+
+# Errors that mean "bad input or environment", reported as sentences.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Preset(str, Enum):
+    tiny = "tiny"
+    full = "full"
+
+
+class Format(str, Enum):
+    sam3 = "sam3"
+    hf = "hf"
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+def run_guarded(action) -> None:
+    """Run ``action``; a user error becomes a one-sentence message and exit code 1."""
+    if state["debug"]:
+        action()
+        return
+    try:
+        action()
+    except USER_ERRORS as exc:
+        text = str(exc).strip() or type(exc).__name__
+        fail(text[0].lower() + text[1:] if text else text)
+    except KeyboardInterrupt:
+        fail("interrupted")
+
+
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    state["debug"] = debug
+
+
+@app.command()
+def convert(
+    source: Path = typer.Argument(..., help="sam3.pt, a transformers model.safetensors, or a folder holding either."),
+    out_dir: Path = typer.Argument(..., help="Folder to create with model.safetensors, config.json and the vocabulary."),
+    dtype: Dtype = typer.Option(Dtype.float32, "--dtype", help="Weight dtype of the MLX file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it exists."),
+) -> None:
+    """Convert SAM3 weights (official or transformers layout) to MLX."""
+
+    def action() -> None:
+        from mlx_alias.convert.convert import convert as run
+
+        report = run(source, out_dir, dtype.value, overwrite=overwrite)
+        for line in report.summary():
+            typer.echo(line)
+        typer.echo(f"MLX weights in {out_dir}")
+
+    run_guarded(action)
+
+
+@app.command()
+def init(
+    out: Path = typer.Option(..., "--out", help="Folder to write the checkpoint into (created)."),
+    preset: Preset = typer.Option(Preset.tiny, "--preset", help="tiny (tests, quick searches) or full (SAM3's sizes)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the weights."),
+    fmt: Format = typer.Option(Format.sam3, "--format", help="sam3: official sam3.pt; hf: transformers model.safetensors."),
+    device: str = typer.Option(None, "--device", help="torch device to initialise on (default: cuda, mps, then cpu)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Write a seeded random-init SAM3 checkpoint through the PyTorch reference (needs the reference extra)."""
+
+    def action() -> None:
+        try:
+            from mlx_alias.reference.build import build_model, parameter_count
+            from mlx_alias.reference.checkpoint import save_checkpoint
+        except ImportError as exc:
+            raise ImportError(f"init needs the reference path (pip install 'mlx-alias[reference]'): {exc}") from exc
+        from mlx_alias.config import PRESETS
+        from mlx_alias.files import atomic_directory
+
+        cfg = PRESETS[preset.value]()
+        model = build_model(cfg, seed=seed, device=device)
+        with atomic_directory(out, overwrite=overwrite) as staging:
+            path = save_checkpoint(model, cfg, staging, fmt.value)
+        typer.echo(f"{preset.value} SAM3, seed {seed}, {parameter_count(model):,} parameters -> {out / path.name}")
+
+    run_guarded(action)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

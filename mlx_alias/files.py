@@ -1,0 +1,62 @@
+"""Writing outputs so that a failure leaves nothing half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+class OutputError(OSError):
+    """An output location that cannot be written; the message is one sentence."""
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``target``; on success it is renamed to ``target``.
+    On any error the temporary folder is removed and ``target`` is left as it was."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise OutputError(f"{target} already exists (pass --overwrite to replace it)")
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should not be
+    except OSError as exc:
+        raise OutputError(f"cannot write into {parent} ({exc.strerror or exc})") from exc
+    try:
+        yield staging
+        if target.exists():
+            old = staging.with_suffix(".old")
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Have ``write`` fill a temporary file in the same folder, then rename it to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))

@@ -1,0 +1,75 @@
+"""Make the official ``sam3`` package importable and runnable where it is not by itself.
+
+Each work-around is named and says which sam3 trap it answers. None changes a number that the
+image model computes: they only remove CUDA-only or tracker-only requirements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import types
+from collections.abc import Iterator
+
+import torch
+
+
+def _install_triton_stub() -> None:
+    """``sam3/__init__`` imports the video tracker, whose ``edt.py`` imports triton at module
+    level. Triton is absent on macOS and CPU-only machines; the image model never calls it, so
+    a stub whose kernels refuse to run is enough to import the package."""
+    try:
+        importlib.import_module("triton")
+        return
+    except ImportError:
+        pass
+
+    def jit(fn=None, **_kwargs):
+        def refuse(*_args, **_kw):
+            raise RuntimeError("this sam3 function needs triton, which is not installed here")
+
+        return refuse if fn is not None else (lambda f: refuse)
+
+    triton = types.ModuleType("triton")
+    language = types.ModuleType("triton.language")
+    language.constexpr = object
+    triton.jit = jit
+    triton.language = language
+    triton.__mlx_alias_stub__ = True
+    sys.modules["triton"] = triton
+    sys.modules["triton.language"] = language
+
+
+_install_triton_stub()
+
+import sam3  # noqa: E402  (must follow the stub)
+
+SAM3_VERSION: str = getattr(sam3, "__version__", "0.1.4")
+
+
+@contextlib.contextmanager
+def pinned_memory_optional() -> Iterator[None]:
+    """``SequenceGeometryEncoder._encode_boxes`` calls ``pin_memory()`` on a 4-element scale
+    tensor even when there are zero boxes, which raises without CUDA. Pinning only speeds up a
+    host-to-device copy, so where CUDA is absent it is made a no-op for the duration."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.Tensor.pin_memory
+    torch.Tensor.pin_memory = lambda self, *a, **k: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.pin_memory = original  # type: ignore[method-assign]
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """CUDA, then MPS, then CPU, unless ``requested`` names one."""
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
