@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlx_alias.config import ModelConfig
-from mlx_alias.files import atomic_directory
+from mlx_alias.files import atomic_directory, check_target
 from mlx_alias.progress import progress
 from mlx_alias.tokenizer import DEFAULT_VOCAB
 
@@ -123,6 +123,7 @@ def convert(source: Path, out_dir: Path, dtype: str = "float32", *, overwrite: b
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    check_target(Path(out_dir), overwrite=overwrite)
     checkpoint = open_checkpoint(source)
     hf, dropped = read_as_hf(checkpoint)
     weights, dropped_mlx = hf_to_mlx(hf)

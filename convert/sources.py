@@ -82,7 +82,8 @@ def _torch_loaders(path: Path) -> dict[str, Callable[[], np.ndarray]]:
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
 
     def loader(tensor: torch.Tensor) -> Callable[[], np.ndarray]:
-        return lambda: tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+        # copy: the file is memory-mapped, and reading it here is what the progress line shows
+        return lambda: (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy().copy()
 
     return {key: loader(value) for key, value in data.items()}
 

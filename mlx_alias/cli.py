@@ -97,8 +97,9 @@ def init(
         except ImportError as exc:
             raise ImportError(f"init needs the reference path (pip install 'mlx-alias[reference]'): {exc}") from exc
         from mlx_alias.config import PRESETS
-        from mlx_alias.files import atomic_directory
+        from mlx_alias.files import atomic_directory, check_target
 
+        check_target(out, overwrite=overwrite)
         cfg = PRESETS[preset.value]()
         model = build_model(cfg, seed=seed, device=device)
         with atomic_directory(out, overwrite=overwrite) as staging:

@@ -14,20 +14,35 @@ class OutputError(OSError):
     """An output location that cannot be written; the message is one sentence."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_target(target: Path, *, overwrite: bool = False) -> Path:
+    """Fail early, before any long work, if ``target`` cannot be created; returns its parent."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise OutputError(f"{target} already exists (pass --overwrite to replace it)")
+    parent = target.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise OutputError(f"cannot write into {parent} ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {parent} (permission denied)")
+    return parent
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; on success it is renamed to ``target``.
     On any error the temporary folder is removed and ``target`` is left as it was."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise OutputError(f"{target} already exists (pass --overwrite to replace it)")
-    parent = target.parent if str(target.parent) else Path(".")
+    parent = check_target(target, overwrite=overwrite)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should not be
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
     except OSError as exc:
         raise OutputError(f"cannot write into {parent} ({exc.strerror or exc})") from exc
     try:
@@ -51,6 +66,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result should not be
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

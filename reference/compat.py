@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import sys
 import types
 from collections.abc import Iterator
@@ -15,33 +16,25 @@ from collections.abc import Iterator
 import torch
 
 
-def _install_triton_stub() -> None:
-    """``sam3/__init__`` imports the video tracker, whose ``edt.py`` imports triton at module
-    level. Triton is absent on macOS and CPU-only machines; the image model never calls it, so
-    a stub whose kernels refuse to run is enough to import the package."""
-    try:
-        importlib.import_module("triton")
+def _stub_triton_edt() -> None:
+    """``sam3/__init__`` imports the video tracker, whose ``sam3/model/edt.py`` imports triton
+    at module level. Triton is absent on macOS and CPU-only machines, and the image model never
+    calls that distance transform. Where triton is missing, that one module is replaced by a
+    stub whose function refuses to run. (A fake ``triton`` package would mislead torch, which
+    probes for triton itself.)"""
+    if importlib.util.find_spec("triton") is not None:
         return
-    except ImportError:
-        pass
 
-    def jit(fn=None, **_kwargs):
-        def refuse(*_args, **_kw):
-            raise RuntimeError("this sam3 function needs triton, which is not installed here")
+    def edt_triton(*_args, **_kwargs):
+        raise RuntimeError("sam3's video tracker needs triton, which is not installed here")
 
-        return refuse if fn is not None else (lambda f: refuse)
-
-    triton = types.ModuleType("triton")
-    language = types.ModuleType("triton.language")
-    language.constexpr = object
-    triton.jit = jit
-    triton.language = language
-    triton.__mlx_alias_stub__ = True
-    sys.modules["triton"] = triton
-    sys.modules["triton.language"] = language
+    edt = types.ModuleType("sam3.model.edt")
+    edt.edt_triton = edt_triton
+    edt.__mlx_alias_stub__ = True
+    sys.modules["sam3.model.edt"] = edt
 
 
-_install_triton_stub()
+_stub_triton_edt()
 
 import sam3  # noqa: E402  (must follow the stub)
 

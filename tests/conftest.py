@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random SAM3 checkpoints made by the reference path, in both layouts."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from mlx_alias.config import tiny_config
+
+warnings.filterwarnings("ignore", module="sam3")  # sam3 warns about CUDA autocast at import
+
+
+def _reference():
+    pytest.importorskip("torch")
+    pytest.importorskip("sam3")
+    from mlx_alias.reference import build, checkpoint
+
+    return build, checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cfg):
+    build, _ = _reference()
+    return build.build_model(tiny_cfg, seed=7, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory, tiny_model, tiny_cfg) -> dict[str, Path]:
+    """{"sam3": folder with sam3.pt + config.json, "hf": folder with model.safetensors + config.json}"""
+    _, checkpoint = _reference()
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {fmt: checkpoint.save_checkpoint(tiny_model, tiny_cfg, root / fmt, fmt).parent for fmt in ("sam3", "hf")}
