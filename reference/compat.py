@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import sys
 import types
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -36,7 +37,9 @@ def _stub_triton_edt() -> None:
 
 _stub_triton_edt()
 
-import sam3  # noqa: E402  (must follow the stub)
+with warnings.catch_warnings():  # the video modules warn about CUDA autocast at import
+    warnings.simplefilter("ignore")
+    import sam3  # noqa: E402  (must follow the stub)
 
 SAM3_VERSION: str = getattr(sam3, "__version__", "0.1.4")
 
