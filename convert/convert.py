@@ -92,58 +92,58 @@ def _defining_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _check_shapes(hf: dict[str, np.ndarray], cfg: ModelConfig, config_source: str) -> None:
-    for key, shape in _defining_shapes(cfg).items():
-        if key in hf and tuple(hf[key].shape) != shape:
-            raise LayoutError(
-                f"{key} has shape {tuple(hf[key].shape)} but {config_source} implies {shape}"
-            )
+def _check_shapes(hf: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], config_source: str) -> None:
+    for key, value in hf.items():
+        if key in expected and tuple(value.shape) != expected[key]:
+            raise LayoutError(f"{key} has shape {tuple(value.shape)} but {config_source} implies {expected[key]}")
 
 
-def read_as_hf(checkpoint: Checkpoint) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """All image-model weights in the transformers layout (read with progress), checked
-    complete and consistent with the checkpoint's config."""
-    loaders = checkpoint.tensors
+def _check_keys(checkpoint: Checkpoint) -> None:
     cfg = checkpoint.config
     if checkpoint.layout == SAM3:
-        _check_complete(set(loaders), set(expected_sam3_keys(cfg)), "official-layout")
+        _check_complete(set(checkpoint.tensors), set(expected_sam3_keys(cfg)), "official-layout")
     else:
-        _check_complete(set(loaders), expected_hf_keys(cfg), "transformers-layout")
-    arrays = {key: loaders[key]() for key in progress(sorted(loaders), len(loaders), "reading weights")}
-    if checkpoint.layout == SAM3:
-        hf, dropped = sam3_to_hf(arrays)
-    else:
-        hf, dropped = arrays, {}
-    _check_shapes(hf, cfg, checkpoint.config_source)
-    return hf, dropped
+        _check_complete(set(checkpoint.tensors), expected_hf_keys(cfg), "transformers-layout")
 
 
 def convert(source: Path, out_dir: Path, dtype: str = "float32", *, overwrite: bool = False) -> ConversionReport:
+    """Convert tensor by tensor, so that at most one source tensor sits in memory beside the
+    MLX arrays being written."""
     import mlx.core as mx
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     check_target(Path(out_dir), overwrite=overwrite)
     checkpoint = open_checkpoint(source)
-    hf, dropped = read_as_hf(checkpoint)
-    weights, dropped_mlx = hf_to_mlx(hf)
-    dropped.update(dropped_mlx)
+    _check_keys(checkpoint)
+    shapes = _defining_shapes(checkpoint.config)
     target = getattr(mx, dtype)
+    arrays: dict[str, mx.array] = {}
+    dropped: dict[str, str] = {}
+    loaders = checkpoint.tensors
+    for key in progress(sorted(loaders), len(loaders), "converting weights"):
+        hf, dropped_here = sam3_to_hf({key: loaders[key]()}) if checkpoint.layout == SAM3 else ({key: loaders[key]()}, {})
+        _check_shapes(hf, shapes, checkpoint.config_source)
+        weights, dropped_mlx = hf_to_mlx(hf)
+        dropped.update(dropped_here)
+        dropped.update(dropped_mlx)
+        for name, value in weights.items():
+            arrays[name] = mx.array(value).astype(target)
+            mx.eval(arrays[name])  # let the numpy source go now
     with atomic_directory(Path(out_dir), overwrite=overwrite) as staging:
-        arrays = {key: mx.array(weights[key]).astype(target) for key in sorted(weights)}
-        mx.save_safetensors(str(staging / WEIGHTS), arrays, metadata={"format": "mlx"})
+        mx.save_safetensors(str(staging / WEIGHTS), dict(sorted(arrays.items())), metadata={"format": "mlx"})
         (staging / CONFIG).write_text(checkpoint.config.to_json())
         shutil.copyfile(DEFAULT_VOCAB, staging / VOCAB)
     return ConversionReport(
         source=checkpoint.path,
         layout=checkpoint.layout,
         config_source=checkpoint.config_source,
-        tensors=len(weights),
-        parameters=sum(int(np.prod(w.shape)) for w in weights.values()),
+        tensors=len(arrays),
+        parameters=sum(int(np.prod(a.shape)) for a in arrays.values()),
         dtype=dtype,
         dropped=dropped,
         ignored=checkpoint.ignored,
     )
 
 
-__all__ = ["convert", "ConversionReport", "CheckpointError", "LayoutError", "DTYPES", "read_as_hf"]
+__all__ = ["convert", "ConversionReport", "CheckpointError", "LayoutError", "DTYPES"]
