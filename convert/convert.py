@@ -20,7 +20,7 @@ from mlx_alias.progress import progress
 from mlx_alias.tokenizer import DEFAULT_VOCAB
 
 from .keymap import expected_sam3_keys, hf_keys_of, match_sam3
-from .layouts import LayoutError, _listing, hf_to_mlx, sam3_to_hf
+from .layouts import LayoutError, key_listing, hf_to_mlx, sam3_to_hf
 from .sources import SAM3, Checkpoint, CheckpointError, open_checkpoint
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -66,12 +66,12 @@ def expected_hf_keys(cfg: ModelConfig) -> set[str]:
 def _check_complete(present: set[str], expected: set[str], what: str) -> None:
     missing = sorted(expected - present)
     if missing:
-        raise LayoutError(f"the checkpoint lacks {len(missing)} {what} weights: {_listing(missing)}")
+        raise LayoutError(f"the checkpoint lacks {len(missing)} {what} weights: {key_listing(missing)}")
     extra = sorted(present - expected)
     if extra:
         raise LayoutError(
             f"the checkpoint has {len(extra)} weights that its config does not account for "
-            f"(wrong config.json?): {_listing(extra)}"
+            f"(wrong config.json?): {key_listing(extra)}"
         )
 
 

@@ -22,7 +22,7 @@ class LayoutError(ValueError):
     """A checkpoint whose keys do not fit the layout; the message lists the keys."""
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
+def key_listing(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(sorted(keys)[:limit])
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
@@ -53,7 +53,7 @@ def sam3_to_hf(state: Mapping[str, np.ndarray]) -> tuple[Arrays, dict[str, str]]
         else:
             out[targets[0]] = value
     if unknown:
-        raise LayoutError(f"{len(unknown)} keys are not SAM3 image-model weights: {_listing(unknown)}")
+        raise LayoutError(f"{len(unknown)} keys are not SAM3 image-model weights: {key_listing(unknown)}")
     return out, dropped
 
 
@@ -111,7 +111,7 @@ def hf_to_sam3(state: Mapping[str, np.ndarray], cfg: ModelConfig,
         else:
             out[target] = value
     if unknown:
-        raise LayoutError(f"{len(unknown)} keys are not SAM3 weights in the transformers layout: {_listing(unknown)}")
+        raise LayoutError(f"{len(unknown)} keys are not SAM3 weights in the transformers layout: {key_listing(unknown)}")
     for target, parts in pending.items():
         missing = [name for name in QKV if name not in parts]
         if missing:
@@ -141,5 +141,5 @@ def hf_to_mlx(state: Mapping[str, np.ndarray]) -> tuple[Arrays, dict[str, str]]:
         else:
             out[key] = value
     if unknown:
-        raise LayoutError(f"{len(unknown)} keys are not SAM3 weights in the transformers layout: {_listing(unknown)}")
+        raise LayoutError(f"{len(unknown)} keys are not SAM3 weights in the transformers layout: {key_listing(unknown)}")
     return out, dropped

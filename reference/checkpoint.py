@@ -27,10 +27,6 @@ from .compat import pick_device
 FORMATS = ("sam3", "hf")
 
 
-def _numpy_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items() if not v.is_complex()}
-
-
 def save_checkpoint(model: torch.nn.Module, cfg: ModelConfig, out_dir: Path, fmt: str = "sam3") -> Path:
     """Write ``sam3.pt`` or ``model.safetensors`` (+ ``config.json``) into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -43,7 +39,7 @@ def save_checkpoint(model: torch.nn.Module, cfg: ModelConfig, out_dir: Path, fmt
         atomic_write(path, lambda tmp: torch.save(state, tmp))
         return path
     if fmt == "hf":
-        hf, _ = sam3_to_hf(_numpy_state(model))
+        hf, _ = sam3_to_hf({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
         tensors = {f"detector_model.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in sorted(hf.items())}
         path = out_dir / "model.safetensors"
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
@@ -52,8 +48,9 @@ def save_checkpoint(model: torch.nn.Module, cfg: ModelConfig, out_dir: Path, fmt
 
 
 def load_model(source: Path, device: str | None = None) -> tuple[torch.nn.Module, ModelConfig]:
-    """The reference model with a checkpoint's weights (either layout), strictly loaded:
-    only the RoPE tables may be absent, since the model recomputes them."""
+    """The reference model with a checkpoint's weights (either layout), strictly loaded.
+    Only the RoPE tables (recomputed by the model) and the point-prompt projections (absent
+    from the transformers layout, never read by text prompts) may be missing."""
     checkpoint = open_checkpoint(source)
     cfg = checkpoint.config
     arrays = {key: load() for key, load in checkpoint.tensors.items()}
