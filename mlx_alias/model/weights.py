@@ -1,0 +1,64 @@
+"""Load converted MLX weights into the model, strictly: every missing, unexpected or
+mis-shaped tensor is named before anything runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from mlx_alias.config import ModelConfig
+from mlx_alias.convert.convert import CONFIG, WEIGHTS
+from mlx_alias.convert.layouts import key_listing
+
+from .sam3 import Sam3
+
+# Parts of a converted file that the MLX model does not build yet (MLX port II adds them).
+NOT_YET_PORTED = ("geometry_encoder.", "detr_encoder.", "detr_decoder.", "mask_decoder.", "dot_product_scoring.")
+
+
+class WeightsError(ValueError):
+    """Weights that do not fit the model; the message is one sentence."""
+
+
+def check_weights(model: Sam3, weights: dict[str, mx.array]) -> None:
+    expected = {key: value.shape for key, value in tree_flatten(model.parameters())}
+    given = {key: value for key, value in weights.items() if not key.startswith(NOT_YET_PORTED)}
+    problems = []
+    if missing := sorted(set(expected) - set(given)):
+        problems.append(f"{len(missing)} missing ({key_listing(missing)})")
+    if unexpected := sorted(set(given) - set(expected)):
+        problems.append(f"{len(unexpected)} unexpected ({key_listing(unexpected)})")
+    misshaped = [
+        f"{key} {tuple(given[key].shape)} != {tuple(shape)}"
+        for key, shape in sorted(expected.items())
+        if key in given and tuple(given[key].shape) != tuple(shape)
+    ]
+    if misshaped:
+        problems.append(f"{len(misshaped)} mis-shaped ({key_listing(misshaped)})")
+    if problems:
+        raise WeightsError("the weights do not fit the model in config.json: " + "; ".join(problems))
+
+
+def load_model(weights_dir: Path) -> Sam3:
+    """The MLX model of a ``mlx-alias convert`` output folder, in the weights' dtype."""
+    weights_dir = Path(weights_dir)
+    config_path, weights_path = weights_dir / CONFIG, weights_dir / WEIGHTS
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise WeightsError(f"{weights_dir} is not an mlx-alias weights folder: {path.name} is missing")
+    try:
+        cfg = ModelConfig.load(config_path)
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise WeightsError(f"cannot read {config_path}: {exc}") from exc
+    try:
+        weights = mx.load(str(weights_path))
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise WeightsError(f"cannot read {weights_path}: the file is truncated or not safetensors ({exc})") from exc
+    model = Sam3(cfg)
+    check_weights(model, weights)
+    model.load_weights([(k, v) for k, v in weights.items() if not k.startswith(NOT_YET_PORTED)])
+    model.eval()
+    return model
