@@ -37,3 +37,20 @@ def checkpoints(tmp_path_factory, tiny_model, tiny_cfg) -> dict[str, Path]:
     _, checkpoint = _reference()
     root = tmp_path_factory.mktemp("checkpoints")
     return {fmt: checkpoint.save_checkpoint(tiny_model, tiny_cfg, root / fmt, fmt).parent for fmt in ("sam3", "hf")}
+
+
+@pytest.fixture(scope="session")
+def mlx_weights(checkpoints, tmp_path_factory) -> Path:
+    """The tiny checkpoint converted to MLX (fp32)."""
+    from mlx_alias.convert.convert import convert
+
+    out = tmp_path_factory.mktemp("mlx") / "fp32"
+    convert(checkpoints["sam3"], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mlx_model(mlx_weights):
+    from mlx_alias.model.weights import load_model
+
+    return load_model(mlx_weights)
