@@ -35,3 +35,34 @@ class Mlp(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.fc2(self._activation(self.fc1(x)))
+
+
+def attend_mask(key_padding: mx.array | None, bias: mx.array | None = None) -> mx.array | None:
+    """An sdpa mask from a key padding mask [B, Lk] (True = padding, sam3's convention) and/or
+    an additive bias [B, heads, Lq, Lk]: padded keys get -inf added to the bias."""
+    if key_padding is None:
+        return bias
+    keep = ~key_padding[:, None, None, :]
+    if bias is None:
+        return keep
+    return mx.where(keep, bias, mx.array(-mx.inf, dtype=bias.dtype))
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention as the detector uses it (q/k/v/o projections with bias), batch
+    first: queries [B, Lq, d], keys and values [B, Lk, d]."""
+
+    def __init__(self, dims: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(dims, dims)
+        self.k_proj = nn.Linear(dims, dims)
+        self.v_proj = nn.Linear(dims, dims)
+        self.o_proj = nn.Linear(dims, dims)
+
+    def __call__(self, queries: mx.array, keys: mx.array, values: mx.array,
+                 key_padding: mx.array | None = None, bias: mx.array | None = None) -> mx.array:
+        q = split_heads(self.q_proj(queries), self.heads)
+        k = split_heads(self.k_proj(keys), self.heads)
+        v = split_heads(self.v_proj(values), self.heads)
+        return self.o_proj(merge_heads(attend(q, k, v, attend_mask(key_padding, bias))))

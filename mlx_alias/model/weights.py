@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_alias.config import ModelConfig
@@ -23,7 +24,8 @@ class WeightsError(ValueError):
     """Weights that do not fit the model; the message is one sentence."""
 
 
-def check_weights(model: Sam3, weights: dict[str, mx.array]) -> None:
+def check_weights(model: nn.Module, weights: dict[str, mx.array]) -> None:
+    """Raise a WeightsError naming every missing, unexpected and mis-shaped tensor."""
     expected = {key: value.shape for key, value in tree_flatten(model.parameters())}
     given = {key: value for key, value in weights.items() if not key.startswith(NOT_YET_PORTED)}
     problems = []
@@ -40,6 +42,14 @@ def check_weights(model: Sam3, weights: dict[str, mx.array]) -> None:
         problems.append(f"{len(misshaped)} mis-shaped ({key_listing(misshaped)})")
     if problems:
         raise WeightsError("the weights do not fit the model in config.json: " + "; ".join(problems))
+
+
+def load_part(module: nn.Module, weights: dict[str, mx.array], prefix: str) -> nn.Module:
+    """Load the tensors under ``prefix`` (e.g. "detr_decoder.") into one part, strictly."""
+    part = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+    check_weights(module, part)
+    module.load_weights(list(part.items()))
+    return module.eval()
 
 
 def load_model(weights_dir: Path) -> Sam3:
