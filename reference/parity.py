@@ -103,7 +103,7 @@ def text_loss_weights(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 def compare_text_gradients(reference: torch.nn.Module, model: Sam3, ids: np.ndarray, seed: int = 0) -> dict[str, float]:
     """Gradient of loss = sum(features * R * not-padding) with respect to the input embeddings,
     by torch autograd and by ``mx.value_and_grad``, on the same embeddings."""
-    embeds = model.token_embeddings(mx.array(ids)).astype(mx.float32)
+    embeds = model.token_embeddings(mx.array(ids))  # the model's dtype, as a search would use
     padding = mx.array(ids) == 0
     weights = text_loss_weights((*ids.shape, model.cfg.detector.d_model), seed)
     keep = (~padding)[..., None].astype(mx.float32)
