@@ -44,6 +44,16 @@ with warnings.catch_warnings():  # the video modules warn about CUDA autocast at
 SAM3_VERSION: str = getattr(sam3, "__version__", "0.1.4")
 
 
+def exact_fp32() -> None:
+    """``sam3.model_builder`` turns TF32 on for Ampere+ GPUs at import (10-bit mantissas in
+    matmuls and convolutions). The reference is a parity oracle, so it computes true fp32."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+exact_fp32()
+
+
 @contextlib.contextmanager
 def pinned_memory_optional() -> Iterator[None]:
     """``SequenceGeometryEncoder._encode_boxes`` calls ``pin_memory()`` on a 4-element scale
