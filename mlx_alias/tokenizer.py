@@ -150,6 +150,22 @@ class Tokenizer:
         raw = bytes(self._byte_decoder[c] for c in text)
         return raw.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
+    def from_content_ids(self, ids: Sequence[int], context_length: int = CONTEXT_LENGTH) -> np.ndarray:
+        """int32 [1, context_length] for raw content ids (an alias): start, ids, end, padding.
+        Id 0 would be read as padding and start/end belong only at the ends, so they are refused."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ValueError("an alias needs at least one token id")
+        if len(ids) > context_length - 2:
+            raise ValueError(f"an alias holds at most {context_length - 2} token ids, got {len(ids)}")
+        bad = [i for i in ids if not 0 < i < self.sot_id]
+        if bad:
+            raise ValueError(f"token ids must lie in [1, {self.sot_id - 1}] (0 is padding to SAM3, "
+                             f"{self.sot_id}/{self.eot_id} are start/end), got {bad[:5]}")
+        out = np.full((1, context_length), self.pad_id, dtype=np.int32)
+        out[0, : len(ids) + 2] = [self.sot_id, *ids, self.eot_id]
+        return out
+
     def roundtrips(self, ids: Sequence[int]) -> bool:
         """Whether the text of content ``ids`` (no start/end/pad) re-tokenizes to the same ids."""
         return self.encode(self.decode(ids)) == [int(i) for i in ids]

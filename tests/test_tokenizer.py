@@ -227,3 +227,13 @@ def test_module_imports_without_torch_or_sam3() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_alias_ids_are_framed_and_checked():
+    tok = load_tokenizer()
+    row = tok.from_content_ids([320, 1929])
+    assert row.shape == (1, 32) and row[0, :4].tolist() == [tok.sot_id, 320, 1929, tok.eot_id]
+    assert not row[0, 4:].any()
+    for bad in ([], [0], [5, tok.eot_id], [tok.sot_id], [49408], list(range(1, 32))):
+        with pytest.raises(ValueError):
+            tok.from_content_ids(bad)
