@@ -3,6 +3,7 @@ non-zero exit; ``--debug`` shows the traceback instead."""
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
 
@@ -105,6 +106,67 @@ def init(
         with atomic_directory(out, overwrite=overwrite) as staging:
             path = save_checkpoint(model, cfg, staging, fmt.value)
         typer.echo(f"{preset.value} SAM3, seed {seed}, {parameter_count(model):,} parameters -> {out / path.name}")
+
+    run_guarded(action)
+
+
+def _load_weights(weights: Path):
+    from mlx_alias.model.weights import load_model
+
+    return load_model(weights)
+
+
+@app.command()
+def segment(
+    weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
+    image: Path = typer.Option(..., "--image", help="Any image Pillow reads (EXIF-rotated, 16-bit, palette, alpha ...)."),
+    out: Path = typer.Option(..., "--out", help="Overlay PNG to write; the JSON goes beside it (same name, .json)."),
+    prompt: str = typer.Option(None, "--prompt", help="Text prompt."),
+    tokens: str = typer.Option(None, "--tokens", help="Raw content token ids instead of text, e.g. 1929,320."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Keep instances whose official score is above this."),
+) -> None:
+    """Segment every instance of a prompt in one image: overlay PNG + JSON (scores, boxes, RLE masks)."""
+
+    def action() -> None:
+        from mlx_alias.segment import make_prompt, segment as run
+
+        chosen = make_prompt(prompt, tokens)
+        result = run(_load_weights(weights), image, chosen, out, threshold)
+        scores = ", ".join(f"{i['score']:.2f}" for i in result["instances"]) or "none"
+        typer.echo(f"{len(result['instances'])} instance(s) above {threshold} (scores: {scores}) -> {out}, {out.with_suffix('.json')}")
+
+    run_guarded(action)
+
+
+@app.command()
+def verify(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="The PyTorch checkpoint the weights were converted from."),
+    weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
+    image: Path = typer.Option(..., "--image", help="Image to compare on."),
+    prompt: str = typer.Option(..., "--prompt", help="Text prompt to compare on."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the figures and `passed`)."),
+    device: str = typer.Option(None, "--device", help="torch device for the reference (default: cuda, mps, then cpu)."),
+) -> None:
+    """Run the reference and the MLX model on the same input and report their differences; exit 1 if not within tolerance."""
+
+    def action() -> None:
+        try:
+            from mlx_alias.reference.verify import verify as run
+        except ImportError as exc:
+            raise ImportError(f"verify needs the reference path (pip install 'mlx-alias[reference]'): {exc}") from exc
+        report, details = run(checkpoint, weights, image, prompt, device)
+        if as_json:
+            typer.echo(json.dumps(report))
+        else:
+            for key, value in report.items():
+                typer.echo(f"{key:24s} {value}")
+            typer.echo(f"{'dtype':24s} {details['dtype']}")
+            for key, value in details["seconds"].items():
+                typer.echo(f"{key:24s} {value:.3f}")
+            for line in details["failures"]:
+                typer.echo(f"out of tolerance: {line}", err=True)
+        if not report["passed"]:
+            raise typer.Exit(code=1)
 
     run_guarded(action)
 

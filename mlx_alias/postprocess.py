@@ -10,6 +10,8 @@ from functools import lru_cache
 import mlx.core as mx
 import numpy as np
 
+from .model.decoder import cxcywh_to_xyxy
+
 
 @lru_cache(maxsize=64)
 def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
@@ -36,11 +38,6 @@ def resize_bilinear(x: mx.array, height: int, width: int) -> mx.array:
     return rows @ x @ cols.T
 
 
-def box_cxcywh_to_xyxy(boxes: mx.array) -> mx.array:
-    cx, cy, w, h = (boxes[..., i] for i in range(4))
-    return mx.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
-
-
 @dataclass
 class Instance:
     score: float
@@ -58,7 +55,7 @@ def instances(scores: mx.array, boxes: mx.array, mask_logits: mx.array, height: 
     keep = keep[np.argsort(-np.array(scores.astype(mx.float32))[keep], kind="stable")]
     index = mx.array(keep)
     scale = mx.array([width, height, width, height], dtype=mx.float32)
-    pixels = np.array(box_cxcywh_to_xyxy(boxes[index].astype(mx.float32)) * scale)
+    pixels = np.array(cxcywh_to_xyxy(boxes[index].astype(mx.float32)) * scale)
     masks = np.array(resize_bilinear(mask_logits[index].astype(mx.float32), height, width) > 0)
     values = np.array(scores[index].astype(mx.float32))
     return [Instance(float(s), tuple(float(v) for v in b), m) for s, b, m in zip(values, pixels, masks)]

@@ -95,29 +95,21 @@ def compare_text_features(reference: torch.nn.Module, model: Sam3, ids: np.ndarr
     }
 
 
-def text_loss_weights(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """The fixed random weighting that makes a scalar loss of text features [B, L, d]."""
+def loss_weights(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """The fixed random weighting that turns outputs into a scalar loss."""
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def compare_text_gradients(reference: torch.nn.Module, model: Sam3, ids: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Gradient of loss = sum(features * R * not-padding) with respect to the input embeddings,
-    by torch autograd and by ``mx.value_and_grad``, on the same embeddings."""
-    embeds = model.token_embeddings(mx.array(ids))  # the model's dtype, as a search would use
-    padding = mx.array(ids) == 0
-    weights = text_loss_weights((*ids.shape, model.cfg.detector.d_model), seed)
-    keep = (~padding)[..., None].astype(mx.float32)
-
-    def mlx_loss(e: mx.array) -> mx.array:
-        return (model.encode_text_embeddings(e, padding).memory.astype(mx.float32) * mx.array(weights) * keep).sum()
-
-    (mlx_value, mlx_grad), mlx_s = timed(lambda: mx.value_and_grad(mlx_loss)(embeds))
+def compare_gradients(mlx_objective: Callable[[mx.array], mx.array],
+                      torch_objective: Callable[[torch.Tensor], torch.Tensor],
+                      embeds: mx.array, device: torch.device) -> dict[str, float]:
+    """Gradients of the same scalar objective with respect to the same input embeddings, by
+    ``mx.value_and_grad`` and by torch autograd."""
+    (mlx_value, mlx_grad), mlx_s = timed(lambda: mx.value_and_grad(mlx_objective)(embeds))
 
     def torch_step() -> tuple[torch.Tensor, torch.Tensor]:
-        device = device_of(reference)
         e = torch.from_numpy(as_numpy(embeds).astype(np.float32)).to(device).requires_grad_(True)
-        feats = runners.text_features_from_embeddings(reference, e, torch.from_numpy(ids == 0))
-        loss = (feats.memory * torch.from_numpy(weights).to(device) * (~feats.padding)[..., None]).sum()
+        loss = torch_objective(e)
         loss.backward()
         return loss.detach(), e.grad
 
@@ -128,6 +120,84 @@ def compare_text_gradients(reference: torch.nn.Module, model: Sam3, ids: np.ndar
         "grad_cosine": cosine(mlx_grad, ref_grad),
         "grad_rel_err": rel_err(mlx_grad, ref_grad),
         "loss_rel_err": abs(float(mlx_value) - float(ref_value)) / max(abs(float(ref_value)), 1e-30),
+    }
+
+
+def compare_text_gradients(reference: torch.nn.Module, model: Sam3, ids: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """loss = sum(text features * R * not-padding), R fixed and random."""
+    embeds = model.token_embeddings(mx.array(ids))  # the model's dtype, as a search would use
+    padding = mx.array(ids) == 0
+    weights = loss_weights((*ids.shape, model.cfg.detector.d_model), seed)
+    device = device_of(reference)
+
+    def mlx_loss(e: mx.array) -> mx.array:
+        memory = model.encode_text_embeddings(e, padding).memory.astype(mx.float32)
+        return (memory * mx.array(weights) * (~padding)[..., None]).sum()
+
+    def torch_loss(e: torch.Tensor) -> torch.Tensor:
+        feats = runners.text_features_from_embeddings(reference, e, torch.from_numpy(ids == 0))
+        return (feats.memory * torch.from_numpy(weights).to(device) * (~feats.padding)[..., None]).sum()
+
+    return compare_gradients(mlx_loss, torch_loss, embeds, device)
+
+
+def compare_mask_gradients(reference: torch.nn.Module, model: Sam3, pixels: np.ndarray, ids: np.ndarray,
+                           seed: int = 0) -> dict[str, float]:
+    """loss = mean(sigmoid(mask logits) * R) over every query and pixel, R fixed and random,
+    through grounding against the (cached, constant) features of image 0."""
+    image = model.encode_image(mx.array(pixels[:1]))
+    with torch.no_grad():
+        ref_image = runners.image_features(reference, nchw(pixels[:1]).to(device_of(reference)))
+    embeds = model.token_embeddings(mx.array(ids))
+    padding = mx.array(ids) == 0
+    queries, size = model.cfg.detector.num_queries, image.levels[0].shape[1]
+    weights = loss_weights((ids.shape[0], queries, size, size), seed)
+    device = device_of(reference)
+
+    def mlx_loss(e: mx.array) -> mx.array:
+        masks = model.ground(image, model.encode_text_embeddings(e, padding)).masks.astype(mx.float32)
+        return (mx.sigmoid(masks) * mx.array(weights)).mean()
+
+    def torch_loss(e: torch.Tensor) -> torch.Tensor:
+        text = runners.text_features_from_embeddings(reference, e, torch.from_numpy(ids == 0))
+        masks = runners.ground(reference, ref_image, text)["pred_masks"]
+        return (masks.sigmoid() * torch.from_numpy(weights).to(device)).mean()
+
+    return compare_gradients(mlx_loss, torch_loss, embeds, device)
+
+
+def mask_ious(mine: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """IoU of masks binarised at logit 0, per query [..., H, W]; pairs where both are empty
+    are left out."""
+    a, b = mine > 0, ref > 0
+    inter = (a & b).sum(axis=(-1, -2)).ravel()
+    union = (a | b).sum(axis=(-1, -2)).ravel()
+    return inter[union > 0] / union[union > 0]
+
+
+def compare_grounding(reference: torch.nn.Module, model: Sam3, pixels: np.ndarray, ids: np.ndarray,
+                      image_index: np.ndarray | None = None) -> dict[str, float]:
+    """Grounding of prompts ``ids`` [B, L] against images ``pixels`` [N, S, S, 3] (prompt b on
+    image ``image_index[b]``, default 0), from each side's own features."""
+    index = np.zeros(len(ids), dtype=np.int64) if image_index is None else np.asarray(image_index)
+    device = device_of(reference)
+    with torch.no_grad():
+        ref_image = runners.image_features(reference, nchw(pixels).to(device))
+        ref_text = runners.text_features_from_ids(reference, torch.from_numpy(ids))
+        ref, ref_s = timed(lambda: runners.ground(reference, ref_image, ref_text, torch.from_numpy(index)))
+    image, text = model.encode_image(mx.array(pixels)), model.encode_text(mx.array(ids))
+    mine, mlx_s = timed(lambda: model.ground(image, text, mx.array(index.astype(np.int32))))
+    ious = mask_ious(as_numpy(mine.masks), as_numpy(ref["pred_masks"]))
+    return {
+        "torch_s": ref_s,
+        "mlx_s": mlx_s,
+        "logits_rel_err": rel_err(mine.logits, ref["pred_logits"][..., 0]),
+        "score_max_abs_err": float(np.abs(as_numpy(mine.scores) - as_numpy(ref["scores"])).max()),
+        "presence_abs_err": float(np.abs(as_numpy(mine.presence) - as_numpy(ref["presence_logit_dec"][:, 0])).max()),
+        "box_max_abs_err": float(np.abs(as_numpy(mine.boxes) - as_numpy(ref["pred_boxes"])).max()),
+        "masks_rel_err": rel_err(mine.masks, ref["pred_masks"]),
+        "mask_iou_mean": float(ious.mean()) if ious.size else 1.0,
+        "mask_iou_min": float(ious.min()) if ious.size else 1.0,
     }
 
 

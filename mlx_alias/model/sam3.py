@@ -1,5 +1,6 @@
 """SAM3's image model assembled from its parts, with the one flow every caller uses:
-pixels -> ``encode_image`` (cache it); token ids or input embeddings -> text features."""
+pixels -> ``encode_image`` (cache it); token ids or input embeddings -> text features;
+``ground(image features, text features)`` -> scores, boxes and masks for a batch of prompts."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import mlx.nn as nn
 
 from mlx_alias.config import ModelConfig
 
+from .decoder import Decoder
+from .encoder import FusionEncoder
+from .geometry import GeometryEncoder, text_prompt
 from .neck import Neck
+from .scoring import DotProductScoring
+from .segmentation import SegmentationHead
 from .text import TextEncoder, TextFeatures, padding_of
 from .vision import VisionTrunk
 
@@ -19,6 +25,22 @@ from .vision import VisionTrunk
 class ImageFeatures:
     levels: list[mx.array]  # kept neck levels [B, h, w, d_model], highest resolution first
     positions: list[mx.array]  # their sine position encodings [h, w, d_model]
+
+
+@dataclass
+class Grounding:
+    """Per-prompt outputs for B prompts and Q queries."""
+
+    logits: mx.array  # [B, Q] sam3's pred_logits (squeezed)
+    presence: mx.array  # [B] presence_logit_dec (squeezed)
+    boxes: mx.array  # [B, Q, 4] cxcywh, normalised to the image
+    masks: mx.array  # [B, Q, H, W] mask logits (288x288 at full size)
+    semantic: mx.array  # [B, H, W] semantic segmentation logits
+
+    @property
+    def scores(self) -> mx.array:
+        """The official per-query score, sigmoid(logit) * sigmoid(presence), [B, Q]."""
+        return mx.sigmoid(self.logits) * mx.sigmoid(self.presence)[:, None]
 
 
 class VisionEncoder(nn.Module):
@@ -39,6 +61,11 @@ class Sam3(nn.Module):
         self.text_encoder = TextEncoder(cfg.text)
         # sam3's "resizer": text width -> d_model (the transformers layout's text_projection)
         self.text_projection = nn.Linear(cfg.text.width, cfg.detector.d_model)
+        self.geometry_encoder = GeometryEncoder(cfg)
+        self.detr_encoder = FusionEncoder(cfg)
+        self.detr_decoder = Decoder(cfg)
+        self.dot_product_scoring = DotProductScoring(cfg)
+        self.mask_decoder = SegmentationHead(cfg)
 
     @property
     def dtype(self) -> mx.Dtype:
@@ -61,3 +88,25 @@ class Sam3(nn.Module):
     def encode_text(self, ids: mx.array) -> TextFeatures:
         """Token ids [B, L] (start, content, end, zero padding; ``mlx_alias.tokenizer``)."""
         return self.encode_text_embeddings(self.token_embeddings(ids), padding_of(ids))
+
+    def ground(self, image: ImageFeatures, text: TextFeatures, image_index: mx.array | None = None) -> Grounding:
+        """B prompts against cached image features: prompt b against image ``image_index[b]``
+        (all against image 0 when not given). Differentiable end to end with respect to the
+        text features, hence to the input embeddings."""
+        batch = text.memory.shape[0]
+        if image_index is None:
+            image_index = mx.zeros((batch,), dtype=mx.int32)
+        lowest, positions = image.levels[-1], image.positions[-1]
+        height, width, d = lowest.shape[1:]
+        tokens = lowest.reshape(lowest.shape[0], height * width, d)
+        positions = positions.reshape(1, height * width, d)
+        # The geometry token depends on the image only: once per image, then per prompt.
+        geometry = self.geometry_encoder(tokens, positions)[image_index]
+        prompt, padding = text_prompt(text.memory, text.padding, geometry)
+        memory = self.detr_encoder(tokens[image_index], positions, prompt, padding)
+        decoded = self.detr_decoder(memory, positions, (height, width), prompt, padding)
+        logits = self.dot_product_scoring(decoded.queries, prompt, padding)
+        levels = [level[image_index] for level in image.levels]
+        masks, semantic = self.mask_decoder(levels, memory, decoded.queries, prompt, padding)
+        return Grounding(logits=logits[..., 0], presence=decoded.presence_logit[:, 0], boxes=decoded.boxes,
+                         masks=masks, semantic=semantic)

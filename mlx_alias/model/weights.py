@@ -16,10 +16,6 @@ from mlx_alias.convert.layouts import key_listing
 
 from .sam3 import Sam3
 
-# Parts of a converted file that the MLX model does not build yet (MLX port II adds them).
-NOT_YET_PORTED = ("geometry_encoder.", "detr_encoder.", "detr_decoder.", "mask_decoder.", "dot_product_scoring.")
-
-
 class WeightsError(ValueError):
     """Weights that do not fit the model; the message is one sentence."""
 
@@ -27,7 +23,7 @@ class WeightsError(ValueError):
 def check_weights(model: nn.Module, weights: dict[str, mx.array]) -> None:
     """Raise a WeightsError naming every missing, unexpected and mis-shaped tensor."""
     expected = {key: value.shape for key, value in tree_flatten(model.parameters())}
-    given = {key: value for key, value in weights.items() if not key.startswith(NOT_YET_PORTED)}
+    given = weights
     problems = []
     if missing := sorted(set(expected) - set(given)):
         problems.append(f"{len(missing)} missing ({key_listing(missing)})")
@@ -69,6 +65,6 @@ def load_model(weights_dir: Path) -> Sam3:
         raise WeightsError(f"cannot read {weights_path}: the file is truncated or not safetensors ({exc})") from exc
     model = Sam3(cfg)
     check_weights(model, weights)
-    model.load_weights([(k, v) for k, v in weights.items() if not k.startswith(NOT_YET_PORTED)])
+    model.load_weights(list(weights.items()))
     model.eval()
     return model
