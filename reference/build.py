@@ -246,5 +246,22 @@ def build_model(cfg: ModelConfig, *, seed: int | None = 0, device: str | None = 
     return model.to(pick_device(device)).eval()
 
 
+def perturb_constant_parameters(model: nn.Module, seed: int, scale: float = 0.2) -> int:
+    """Add seeded noise to every parameter that initialisation left constant (LayerNorm
+    weights 1 and biases 0, zero attention biases, zero-initialised last layers). A parity
+    test on such weights could not see a swapped norm or bias; after this it can. Returns how
+    many tensors changed."""
+    generator = torch.Generator().manual_seed(seed)
+    changed = 0
+    with torch.no_grad():
+        for param in model.parameters():
+            flat = param.detach().flatten()
+            if flat.numel() and bool((flat == flat[0]).all()):
+                noise = torch.randn(param.shape, generator=generator) * scale
+                param.add_(noise.to(param.device, param.dtype))
+                changed += 1
+    return changed
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(math.prod(p.shape) for p in model.parameters())

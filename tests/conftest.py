@@ -27,8 +27,12 @@ def tiny_cfg():
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cfg):
+    """Seeded random weights with every constant-initialised tensor perturbed, so that parity
+    tests can see a swapped norm or a dropped bias."""
     build, _ = _reference()
-    return build.build_model(tiny_cfg, seed=7, device="cpu")
+    model = build.build_model(tiny_cfg, seed=7, device="cpu")
+    build.perturb_constant_parameters(model, seed=7)
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -32,13 +32,16 @@ def inputs(tiny_cfg):
 
 
 def test_every_parameter_is_initialised_and_seeded(tiny_cfg, tiny_model):
-    from mlx_alias.reference.build import build_model
+    from mlx_alias.reference.build import build_model, perturb_constant_parameters
 
     again = build_model(tiny_cfg, seed=7, device="cpu")
     other = build_model(tiny_cfg, seed=8, device="cpu")
-    for (name, p), q, r in zip(tiny_model.named_parameters(), again.parameters(), other.parameters()):
+    assert perturb_constant_parameters(again, seed=7) > 100  # norms and biases of every part
+    for (name, p), q in zip(tiny_model.named_parameters(), again.parameters()):
         assert torch.isfinite(p).all(), name
         assert torch.equal(p, q), name
+        flat = p.flatten()
+        assert flat.numel() == 1 or not torch.equal(flat, flat[:1].expand_as(flat)), f"{name} is constant"
     text = tiny_model.backbone.language_backbone.encoder
     assert text.positional_embedding.abs().sum() > 0  # sam3 leaves these torch.empty
     assert not torch.equal(text.positional_embedding, other.backbone.language_backbone.encoder.positional_embedding)
