@@ -29,3 +29,26 @@ def test_full_size_parity():
     assert results["gradient"]["grad_cosine"] >= 0.9999
     assert results["gradient"]["grad_rel_err"] <= 1e-3
     assert results["passed"], results
+
+
+@pytest.mark.full
+def test_full_size_verify(tmp_path):
+    """Issue 4's acceptance: ``verify`` passes in fp32 on a full-size random checkpoint made and
+    converted by the CLI (about 7 minutes and 14 GB on a 2-core machine)."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:600, 0:800]
+    picture = np.stack([128 + 100 * np.sin(x / 37), 128 + 100 * np.cos(y / 23), 128 + 60 * np.sin((x + y) / 51)], -1)
+    picture[150:400, 250:550] = (200, 40, 40)
+    Image.fromarray(picture.clip(0, 255).astype(np.uint8)).save(tmp_path / "photo.jpg", quality=92)
+    cli = [sys.executable, "-m", "mlx_alias.cli"]
+    for args in (["init", "--preset", "full", "--seed", "31", "--out", tmp_path / "ckpt", "--device", "cpu"],
+                 ["convert", tmp_path / "ckpt", tmp_path / "mlx"]):
+        done = subprocess.run([*cli, *map(str, args)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([*cli, "verify", "--checkpoint", str(tmp_path / "ckpt"), "--weights", str(tmp_path / "mlx"),
+                           "--image", str(tmp_path / "photo.jpg"), "--prompt", "a red square", "--json",
+                           "--device", "cpu"], capture_output=True, text=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["passed"] and done.returncode == 0, report

@@ -60,9 +60,12 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dims, dims)
         self.o_proj = nn.Linear(dims, dims)
 
+    def project(self, queries: mx.array, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """q, k, v projected and split into heads [B, heads, L, D]."""
+        return (split_heads(self.q_proj(queries), self.heads), split_heads(self.k_proj(keys), self.heads),
+                split_heads(self.v_proj(values), self.heads))
+
     def __call__(self, queries: mx.array, keys: mx.array, values: mx.array,
                  key_padding: mx.array | None = None, bias: mx.array | None = None) -> mx.array:
-        q = split_heads(self.q_proj(queries), self.heads)
-        k = split_heads(self.k_proj(keys), self.heads)
-        v = split_heads(self.v_proj(values), self.heads)
+        q, k, v = self.project(queries, keys, values)
         return self.o_proj(merge_heads(attend(q, k, v, attend_mask(key_padding, bias))))

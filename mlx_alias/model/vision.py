@@ -8,7 +8,7 @@ import mlx.nn as nn
 
 from mlx_alias.config import VisionConfig
 
-from .common import Mlp, attend, merge_heads, split_heads
+from .common import Attention, Mlp, attend, merge_heads
 from .rope import apply_rope, rope_tables
 
 
@@ -56,17 +56,11 @@ class VisionEmbeddings(nn.Module):
         return x + tiled
 
 
-class VisionAttention(nn.Module):
-    def __init__(self, cfg: VisionConfig):
-        super().__init__()
-        self.heads = cfg.heads
-        self.q_proj = nn.Linear(cfg.width, cfg.width)
-        self.k_proj = nn.Linear(cfg.width, cfg.width)
-        self.v_proj = nn.Linear(cfg.width, cfg.width)
-        self.o_proj = nn.Linear(cfg.width, cfg.width)
+class VisionAttention(Attention):
+    """Self-attention with RoPE applied to the projected queries and keys."""
 
     def __call__(self, x: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
-        q, k, v = (split_heads(proj(x), self.heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = self.project(x, x, x)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return self.o_proj(merge_heads(attend(q, k, v)))
 
@@ -97,7 +91,7 @@ class VisionLayer(nn.Module):
         super().__init__()
         self.window = window
         self.layer_norm1 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.attention = VisionAttention(cfg)
+        self.attention = VisionAttention(cfg.width, cfg.heads)
         self.layer_norm2 = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         self.mlp = Mlp(cfg.width, cfg.mlp_hidden)
 
