@@ -1,0 +1,157 @@
+"""The one objective that search and ``evaluate`` share, and its differentiable surrogate.
+
+A prompt's predicted instances on an image are the queries whose official score
+``sigmoid(logit) * sigmoid(presence)`` exceeds ``threshold`` (0.5, sam3's own), with their
+masks cut at logit 0, all at the model's mask resolution (288x288 at full size; the target
+masks are area-resized to it). Crowd regions are ignored: their pixels count in no mask.
+
+Per image, with P predictions, n target instances and greedy one-to-one matching by IoU:
+
+    quality = 2 * (sum of matched IoUs) / (P + n)        (1 when P = n = 0)
+
+an IoU-weighted F-score: it rewards recall (every instance found), precision (nothing else
+predicted) and mask quality together. On a negative image (n = 0) it is 1 with no
+prediction and 0 with any. A split's score is
+
+    score = mean quality over positive images - negative_penalty * false-positive rate
+
+where the false-positive rate is the fraction of negative images with any prediction (so a
+prompt that segments "everything salient" loses what it gains). The surrogate replaces the
+threshold with a steep sigmoid, masks with probabilities, IoU with soft IoU and the matching
+with a max over queries, so that its gradient points where the exact score improves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    threshold: float = 0.5  # official score above which a query is a predicted instance
+    negative_penalty: float = 0.5  # weight of the false-positive rate on negative images
+    temperature: float = 0.05  # width of the surrogate's soft threshold, in score units
+
+
+@dataclass
+class MaskTarget:
+    """One image's targets at the model's mask resolution."""
+
+    masks: np.ndarray  # bool [n, h, w]; n = 0 on a negative image
+    ignore: np.ndarray  # bool [h, w]: crowd regions
+
+
+def area_resize(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A bool mask [..., H, W] resized by pixel-area coverage and cut at one half."""
+    rows = _coverage(mask.shape[-2], height)
+    cols = _coverage(mask.shape[-1], width)
+    return (rows @ mask.astype(np.float32) @ cols.T) >= 0.5
+
+
+def _coverage(size_in: int, size_out: int) -> np.ndarray:
+    """[size_out, size_in]: the fraction of each output cell that each input pixel covers."""
+    edges_out = np.arange(size_out + 1) * (size_in / size_out)
+    lo, hi = edges_out[:-1, None], edges_out[1:, None]
+    pixel = np.arange(size_in)[None]
+    overlap = np.clip(np.minimum(hi, pixel + 1) - np.maximum(lo, pixel), 0, None)
+    return (overlap / (hi - lo)).astype(np.float32)
+
+
+def prepare_target(masks: np.ndarray, ignore: np.ndarray, size: int) -> MaskTarget:
+    """Targets at the original image size -> at the model's square mask resolution (the model
+    sees the image stretched to a square, so its masks cover the whole image)."""
+    return MaskTarget(area_resize(masks, size, size), area_resize(ignore, size, size))
+
+
+@dataclass
+class ImageResult:
+    quality: float
+    predicted: int
+    instances: int
+    matched: int
+    matched_iou: float  # sum over matched pairs
+
+
+def _greedy_match(iou: np.ndarray) -> list[tuple[int, int]]:
+    """One-to-one pairs (prediction, target) by descending IoU, positive IoU only."""
+    pairs, used_p, used_t = [], set(), set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        p, t = np.unravel_index(flat, iou.shape)
+        if iou[p, t] <= 0:
+            break
+        if p not in used_p and t not in used_t:
+            pairs.append((int(p), int(t)))
+            used_p.add(p)
+            used_t.add(t)
+    return pairs
+
+
+def score_image(scores: np.ndarray, mask_logits: np.ndarray, target: MaskTarget, config: ObjectiveConfig) -> ImageResult:
+    """The exact per-image quality of one prompt: ``scores`` [Q], ``mask_logits`` [Q, h, w]."""
+    chosen = np.flatnonzero(scores > config.threshold)
+    n = target.masks.shape[0]
+    if chosen.size == 0 or n == 0:
+        quality = 1.0 if chosen.size == n else 0.0
+        return ImageResult(quality, int(chosen.size), n, 0, 0.0)
+    keep = ~target.ignore.ravel()
+    predicted = (mask_logits[chosen].reshape(chosen.size, -1) > 0) & keep
+    truth = target.masks.reshape(n, -1) & keep
+    inter = predicted.astype(np.float32) @ truth.T.astype(np.float32)
+    union = predicted.sum(1)[:, None] + truth.sum(1)[None] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    pairs = _greedy_match(iou)
+    total = float(sum(iou[p, t] for p, t in pairs))
+    return ImageResult(2 * total / (chosen.size + n), int(chosen.size), n, len(pairs), total)
+
+
+@dataclass
+class SplitScore:
+    score: float
+    quality: float  # mean over positive images
+    false_positive_rate: float  # fraction of negative images with any prediction
+    recall: float  # matched / target instances
+    precision: float  # matched / predictions on positive images
+    mean_iou: float  # over matched pairs
+
+
+def aggregate(results: list[ImageResult], config: ObjectiveConfig) -> SplitScore:
+    positives = [r for r in results if r.instances > 0]
+    negatives = [r for r in results if r.instances == 0]
+    quality = float(np.mean([r.quality for r in positives])) if positives else 0.0
+    fp_rate = float(np.mean([r.predicted > 0 for r in negatives])) if negatives else 0.0
+    matched = sum(r.matched for r in positives)
+    return SplitScore(
+        score=quality - config.negative_penalty * fp_rate,
+        quality=quality,
+        false_positive_rate=fp_rate,
+        recall=matched / max(sum(r.instances for r in positives), 1),
+        precision=matched / max(sum(r.predicted for r in positives), 1),
+        mean_iou=sum(r.matched_iou for r in positives) / max(matched, 1),
+    )
+
+
+def surrogate(scores: mx.array, mask_logits: mx.array, targets: mx.array, instance_valid: mx.array,
+              keep: mx.array, config: ObjectiveConfig) -> mx.array:
+    """Differentiable stand-in for the split score over B (prompt, image) pairs, to maximise.
+
+    scores [B, Q] official scores; mask_logits [B, Q, h, w]; targets [B, N, h, w] float 0/1,
+    padded to the largest instance count N with ``instance_valid`` [B, N] False; keep [B, h, w]
+    float, 0 on ignored (crowd) pixels. A pair with no valid instance is a negative."""
+    weight = mx.sigmoid((scores - config.threshold) / config.temperature)  # soft "is predicted"
+    probs = (mx.sigmoid(mask_logits) * keep[:, None]).reshape(*mask_logits.shape[:2], -1)
+    truth = (targets * keep[:, None]).reshape(*targets.shape[:2], -1)
+    inter = probs @ truth.swapaxes(1, 2)  # [B, Q, N]
+    union = probs.sum(-1)[..., None] + truth.sum(-1)[:, None] - inter
+    soft_iou = inter / mx.maximum(union, 1e-6)
+    valid = instance_valid.astype(scores.dtype)
+    found = (weight[..., None] * soft_iou).max(axis=1) * valid  # best query per instance
+    count = valid.sum(-1)
+    quality = 2 * found.sum(-1) / (weight.sum(-1) + count)
+    any_prediction = 1 - mx.exp(mx.log1p(-mx.minimum(weight, 1 - 1e-6)).sum(-1))
+    positive = (count > 0).astype(scores.dtype)
+    mean_quality = (quality * positive).sum() / mx.maximum(positive.sum(), 1)
+    fp_rate = (any_prediction * (1 - positive)).sum() / mx.maximum((1 - positive).sum(), 1)
+    return mean_quality - config.negative_penalty * fp_rate

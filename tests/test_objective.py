@@ -1,0 +1,126 @@
+"""The search objective: exact per-image quality, split aggregation, and the surrogate."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_alias.search.objective import (
+    MaskTarget,
+    ObjectiveConfig,
+    aggregate,
+    area_resize,
+    score_image,
+    surrogate,
+)
+
+CFG = ObjectiveConfig()
+
+
+def box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def logits_of(*masks: np.ndarray) -> np.ndarray:
+    return np.stack([np.where(m, 20.0, -20.0) for m in masks]).astype(np.float32)
+
+
+def target(*masks: np.ndarray, ignore: np.ndarray | None = None, size: int = 16) -> MaskTarget:
+    stack = np.stack(masks) if masks else np.zeros((0, size, size), bool)
+    return MaskTarget(stack, np.zeros((size, size), bool) if ignore is None else ignore)
+
+
+def test_area_resize():
+    mask = box(64, 48, 8, 40, 12, 36)
+    np.testing.assert_array_equal(area_resize(mask, 16, 12), box(16, 12, 2, 10, 3, 9))
+    assert area_resize(np.ones((7, 9), bool), 16, 16).all()
+    assert not area_resize(np.zeros((30, 20), bool), 16, 16).any()
+
+
+def test_exact_quality_cases():
+    a, b = box(16, 16, 0, 8, 0, 8), box(16, 16, 8, 16, 8, 16)
+    empty = np.zeros((16, 16), bool)
+    # perfect: one instance found, nothing else predicted
+    assert score_image(np.array([0.9, 0.1]), logits_of(a, b), target(a), CFG).quality == pytest.approx(1.0)
+    # an extra prediction costs precision: 2 * 1 / (2 + 1)
+    assert score_image(np.array([0.9, 0.9]), logits_of(a, b), target(a), CFG).quality == pytest.approx(2 / 3)
+    # both instances found
+    r = score_image(np.array([0.9, 0.9]), logits_of(b, a), target(a, b), CFG)
+    assert r.quality == pytest.approx(1.0) and r.matched == 2
+    # half-overlapping mask: IoU 1/2 -> quality 1/2
+    half = box(16, 16, 0, 8, 4, 12)
+    assert score_image(np.array([0.9]), logits_of(half), target(box(16, 16, 0, 8, 0, 8) | box(16, 16, 0, 8, 0, 12)), CFG).quality == pytest.approx(2 / 3)
+    # nothing predicted on a positive image; negatives clean or not
+    assert score_image(np.array([0.2]), logits_of(a), target(a), CFG).quality == 0.0
+    assert score_image(np.array([0.2]), logits_of(a), target(), CFG).quality == 1.0
+    assert score_image(np.array([0.7]), logits_of(empty), target(), CFG).quality == 0.0
+
+
+def test_crowd_pixels_are_ignored():
+    a = box(16, 16, 0, 8, 0, 8)
+    bigger = box(16, 16, 0, 8, 0, 16)
+    ignore = box(16, 16, 0, 8, 8, 16)
+    assert score_image(np.array([0.9]), logits_of(bigger), target(a, ignore=ignore), CFG).quality == pytest.approx(1.0)
+    assert score_image(np.array([0.9]), logits_of(bigger), target(a), CFG).quality == pytest.approx(0.5)
+
+
+def test_aggregate_penalises_false_positives():
+    a = box(16, 16, 0, 8, 0, 8)
+    pos = score_image(np.array([0.9]), logits_of(a), target(a), CFG)
+    clean = score_image(np.array([0.1]), logits_of(a), target(), CFG)
+    dirty = score_image(np.array([0.9]), logits_of(a), target(), CFG)
+    split = aggregate([pos, clean, dirty], CFG)
+    assert split.quality == 1.0 and split.false_positive_rate == 0.5
+    assert split.score == pytest.approx(1.0 - 0.5 * 0.5)
+    assert split.recall == 1.0 and split.precision == 1.0 and split.mean_iou == 1.0
+
+
+def _pairs(rng: np.random.Generator, count: int = 6, queries: int = 5, size: int = 16):
+    """Random (scores, mask logits, targets) with saturated scores and masks."""
+    scores = np.where(rng.random((count, queries)) < 0.3, 0.99, 0.01).astype(np.float32)
+    masks = rng.random((count, queries, size, size)) < 0.3
+    targets = np.zeros((count, 2, size, size), bool)
+    valid = np.zeros((count, 2), bool)
+    for b in range(count):
+        n = b % 3  # 0, 1 or 2 instances: negatives included
+        for t in range(n):
+            targets[b, t] = masks[b, t] if rng.random() < 0.7 else rng.random((size, size)) < 0.3
+            valid[b, t] = True
+    return scores, np.where(masks, 30.0, -30.0).astype(np.float32), targets, valid
+
+
+def test_surrogate_agrees_with_the_exact_score_when_saturated():
+    """With scores far from the threshold and masks certain, the only difference left is the
+    matching (max over queries instead of one-to-one), which these cases keep apart."""
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        scores, logits, targets, valid = _pairs(rng)
+        exact = aggregate([
+            score_image(scores[b], logits[b], MaskTarget(targets[b][valid[b]], np.zeros((16, 16), bool)), CFG)
+            for b in range(len(scores))
+        ], CFG).score
+        keep = mx.ones((len(scores), 16, 16))
+        soft = surrogate(mx.array(scores), mx.array(logits), mx.array(targets.astype(np.float32)),
+                         mx.array(valid), keep, CFG)
+        assert float(soft) == pytest.approx(exact, abs=0.05)
+
+
+def test_surrogate_gradient_points_uphill():
+    rng = np.random.default_rng(1)
+    scores, logits, targets, valid = _pairs(rng)
+    scores = np.full_like(scores, 0.45)  # near the threshold, where the gradient lives
+    logits = logits / 10
+    args = (mx.array(targets.astype(np.float32)), mx.array(valid), mx.ones((len(scores), 16, 16)), CFG)
+
+    def value(s, m):
+        return surrogate(s, m, *args)
+
+    s, m = mx.array(scores), mx.array(logits)
+    base, (gs, gm) = mx.value_and_grad(value, argnums=(0, 1))(s, m)
+    assert np.isfinite(np.array(gs)).all() and np.isfinite(np.array(gm)).all()
+    assert float(mx.abs(gm).sum()) > 0 and float(mx.abs(gs).sum()) > 0
+    stepped = value(s + 1e-3 * gs / mx.abs(gs).max(), m + 1e-1 * gm / mx.abs(gm).max())
+    assert float(stepped) > float(base)
