@@ -1,0 +1,86 @@
+"""The interface every search phase uses to judge prompts on a set of images: exact scores for
+a batch of candidate token sequences, and the differentiable surrogate of a soft prompt.
+
+Image features are computed once (see ``cache.py``) and passed in; candidates are grounded
+against them in batches of (candidate, image) pairs. One *evaluation* is one candidate scored
+on one image with the exact objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_alias.model.sam3 import ImageFeatures, Sam3
+from mlx_alias.model.text import TextFeatures
+
+from .objective import MaskTarget, ObjectiveConfig, SplitScore, aggregate, score_image, surrogate
+
+
+@dataclass
+class DenseTargets:
+    """Targets of N images as arrays for the surrogate: instances padded to the most any image has."""
+
+    masks: mx.array  # [N, M, h, w] float 0/1
+    valid: mx.array  # [N, M] bool
+    keep: mx.array  # [N, h, w] float, 0 on ignored (crowd) pixels
+
+    @classmethod
+    def of(cls, targets: list[MaskTarget]) -> DenseTargets:
+        size = targets[0].ignore.shape
+        most = max(1, max(t.masks.shape[0] for t in targets))
+        masks = np.zeros((len(targets), most, *size), np.float32)
+        valid = np.zeros((len(targets), most), bool)
+        for i, t in enumerate(targets):
+            masks[i, : len(t.masks)] = t.masks
+            valid[i, : len(t.masks)] = True
+        keep = np.stack([~t.ignore for t in targets]).astype(np.float32)
+        return cls(mx.array(masks), mx.array(valid), mx.array(keep))
+
+
+class Scorer:
+    """Scores prompts against fixed images (``features``, one per target) with one objective."""
+
+    def __init__(self, model: Sam3, features: ImageFeatures, targets: list[MaskTarget],
+                 config: ObjectiveConfig = ObjectiveConfig(), pairs_per_batch: int = 8):
+        if features.levels[0].shape[0] != len(targets):
+            raise ValueError(f"{features.levels[0].shape[0]} images but {len(targets)} targets")
+        self.model, self.features, self.targets, self.config = model, features, targets, config
+        self.pairs_per_batch = pairs_per_batch
+        self.dense = DenseTargets.of(targets)
+        self.evaluations = 0  # exact (candidate, image) scorings so far
+
+    @property
+    def images(self) -> int:
+        return len(self.targets)
+
+    def exact(self, ids: np.ndarray) -> list[SplitScore]:
+        """Token id rows [C, context] -> each candidate's split score over all images."""
+        text = self.model.encode_text(mx.array(ids))
+        pairs = [(c, i) for c in range(len(ids)) for i in range(self.images)]
+        results: list[list] = [[] for _ in range(len(ids))]
+        for start in range(0, len(pairs), self.pairs_per_batch):
+            chunk = pairs[start: start + self.pairs_per_batch]
+            which = mx.array([c for c, _ in chunk])
+            grounded = self.model.ground(self.features, TextFeatures(text.memory[which], text.padding[which]),
+                                         mx.array([i for _, i in chunk]))
+            scores, masks = np.array(grounded.scores.astype(mx.float32)), np.array(grounded.masks.astype(mx.float32))
+            for k, (c, i) in enumerate(chunk):
+                results[c].append(score_image(scores[k], masks[k], self.targets[i], self.config))
+        self.evaluations += len(pairs)
+        return [aggregate(r, self.config) for r in results]
+
+    def surrogate(self, embeddings: mx.array, padding: mx.array) -> mx.array:
+        """One soft prompt ([1, L, width] input embeddings, [1, L] padding) -> the surrogate
+        score over all images, differentiable with respect to ``embeddings``."""
+        text = self.model.encode_text_embeddings(embeddings, padding)
+        index = mx.arange(self.images)
+        grounded = self.model.ground(
+            self.features,
+            TextFeatures(mx.repeat(text.memory, self.images, axis=0), mx.repeat(text.padding, self.images, axis=0)),
+            index,
+        )
+        return surrogate(grounded.scores.astype(mx.float32), grounded.masks.astype(mx.float32),
+                         self.dense.masks, self.dense.valid, self.dense.keep, self.config)
