@@ -1,0 +1,1 @@
+"""The search's data: COCO datasets (``coco``) and their train/holdout splits (``split``)."""
