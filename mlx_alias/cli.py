@@ -83,7 +83,7 @@ def convert(
 @app.command()
 def init(
     out: Path = typer.Option(..., "--out", help="Folder to write the checkpoint into (created)."),
-    preset: Preset = typer.Option(Preset.tiny, "--preset", help="tiny (tests, quick searches) or full (SAM3's sizes)."),
+    preset: Preset = typer.Option(Preset.tiny, "--preset", help="tiny (tests, quick searches; scoring sharpened so prompts predict instances) or full (SAM3's sizes)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the weights."),
     fmt: Format = typer.Option(Format.sam3, "--format", help="sam3: official sam3.pt; hf: transformers model.safetensors."),
     device: str = typer.Option(None, "--device", help="torch device to initialise on (default: cuda, mps, then cpu)."),
@@ -93,7 +93,7 @@ def init(
 
     def action() -> None:
         try:
-            from mlx_alias.reference.build import build_model, parameter_count
+            from mlx_alias.reference.build import build_model, parameter_count, sharpen_scores
             from mlx_alias.reference.checkpoint import save_checkpoint
         except ImportError as exc:
             raise ImportError(f"init needs the reference path (pip install 'mlx-alias[reference]'): {exc}") from exc
@@ -103,6 +103,8 @@ def init(
         check_target(out, overwrite=overwrite)
         cfg = PRESETS[preset.value]()
         model = build_model(cfg, seed=seed, device=device)
+        if preset is Preset.tiny:
+            sharpen_scores(model)  # so that prompts predict instances at all (see sharpen_scores)
         with atomic_directory(out, overwrite=overwrite) as staging:
             path = save_checkpoint(model, cfg, staging, fmt.value)
         typer.echo(f"{preset.value} SAM3, seed {seed}, {parameter_count(model):,} parameters -> {out / path.name}")
@@ -167,6 +169,32 @@ def verify(
                 typer.echo(f"out of tolerance: {line}", err=True)
         if not report["passed"]:
             raise typer.Exit(code=1)
+
+    run_guarded(action)
+
+
+@app.command()
+def plant(
+    weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
+    images: Path = typer.Option(..., "--images", help="Folder of images to annotate."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to create (annotations.json, images/, plant.json)."),
+    prompt: str = typer.Option(None, "--prompt", help="The hidden prompt."),
+    tokens: str = typer.Option(None, "--tokens", help="The hidden prompt as raw content token ids."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is an instance."),
+    max_instances: int = typer.Option(5, "--max-instances", min=1, help="At most this many instances per image, best first."),
+    name: str = typer.Option(None, "--name", help="Category name to record (default: none, the prompt stays hidden)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Make a COCO dataset whose masks are the model's predictions for a hidden prompt (a search benchmark)."""
+
+    def action() -> None:
+        from mlx_alias.plant import plant as run
+        from mlx_alias.segment import make_prompt
+
+        chosen = make_prompt(prompt, tokens)
+        report = run(_load_weights(weights), images, chosen, out, threshold=threshold,
+                     max_instances=max_instances, name=name, overwrite=overwrite)
+        typer.echo(f"{report.images} images, {report.positives} with instances, {report.instances} instances -> {out}")
 
     run_guarded(action)
 

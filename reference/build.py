@@ -263,5 +263,22 @@ def perturb_constant_parameters(model: nn.Module, seed: int, scale: float = 0.2)
     return changed
 
 
+TINY_SCORE_GAIN = 3.0
+
+
+def sharpen_scores(model: nn.Module, gain: float = TINY_SCORE_GAIN) -> None:
+    """Scale the dot-product scoring's two projections by ``gain`` (logits by gain^2).
+
+    At random init every query logit sits near 0, so every official score sits near 0.3 and
+    no prompt ever predicts an instance at sam3's 0.5 threshold: a search on such a model
+    has nothing to find. The tiny preset applies gain 3, after which scores spread over
+    0.2-0.6 and a planted prompt's instances are its own (measured: a planted prompt scores
+    1.0 on its dataset, nine other prompts 0-0.21)."""
+    scoring = model.dot_prod_scoring
+    with torch.no_grad():
+        scoring.prompt_proj.weight.mul_(gain)
+        scoring.hs_proj.weight.mul_(gain)
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(math.prod(p.shape) for p in model.parameters())

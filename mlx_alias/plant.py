@@ -1,0 +1,82 @@
+"""``mlx-alias plant``: a COCO dataset whose masks are what the model predicts for a hidden
+prompt. It is the benchmark of the search itself: a good search finds an alias that scores
+close to the hidden prompt on the holdout images.
+
+Rule: on each image, the instances are the hidden prompt's queries whose official score
+exceeds ``threshold`` (the objective's, 0.5 by default), best first, at most
+``max_instances`` (5), with masks as ``segment`` makes them (bilinear from the mask
+resolution, cut at 0.5). An image where no query passes is a negative. The hidden prompt's
+own score on the dataset is therefore 1 wherever it predicted at most ``max_instances``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .files import atomic_directory, check_target
+from .image import load_image, preprocess
+from .model.sam3 import Sam3
+from .postprocess import instances
+from .progress import progress
+from .segment import Prompt, rle
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+CATEGORY_ID = 1
+
+
+@dataclass
+class PlantReport:
+    images: int
+    positives: int
+    instances: int
+
+
+def image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise ValueError(f"--images must be a folder of images, got {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def plant(model: Sam3, images: Path, prompt: Prompt, out: Path, *, threshold: float = 0.5,
+          max_instances: int = 5, name: str | None = None, overwrite: bool = False) -> PlantReport:
+    """Write ``out/annotations.json``, ``out/images/`` (copies) and ``out/plant.json`` (the
+    hidden prompt and the rule, for benchmarks; a search never reads it)."""
+    check_target(out, overwrite=overwrite)
+    files = image_files(images)
+    text = model.encode_text(mx.array(prompt.ids))
+    coco = {"images": [], "annotations": [], "categories": [{"id": CATEGORY_ID, **({"name": name} if name else {})}]}
+    positives = 0
+    for image_id, path in enumerate(progress(files, len(files), "planting"), start=1):
+        rgb = load_image(path)
+        height, width = rgb.shape[:2]
+        features = model.encode_image(mx.array(preprocess(rgb, model.cfg.vision.image_size)[None]))
+        grounded = model.ground(features, text)
+        found = instances(grounded.scores[0], grounded.boxes[0], grounded.masks[0], height, width, threshold)
+        found = [inst for inst in found if inst.mask.any()][:max_instances]
+        coco["images"].append({"id": image_id, "file_name": path.name, "height": height, "width": width})
+        positives += bool(found)
+        for inst in found:
+            ys, xs = np.nonzero(inst.mask)
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": CATEGORY_ID,
+                "segmentation": rle(inst.mask), "area": int(inst.mask.sum()), "iscrowd": 0,
+                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+                "score": round(inst.score, 4),
+            })
+    hidden = {"prompt": prompt.text, "tokens": prompt.content, "threshold": threshold, "max_instances": max_instances}
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        (staging / "images").mkdir()
+        for path in files:
+            shutil.copyfile(path, staging / "images" / path.name)
+        (staging / "annotations.json").write_text(json.dumps(coco) + "\n")
+        (staging / "plant.json").write_text(json.dumps(hidden, indent=1) + "\n")
+    return PlantReport(len(files), positives, len(coco["annotations"]))
