@@ -40,37 +40,59 @@ class DenseTargets:
         return cls(mx.array(masks), mx.array(valid), mx.array(keep))
 
 
-class Scorer:
-    """Scores prompts against fixed images (``features``, one per target) with one objective."""
+class ExactScorer:
+    """The exact objective of candidates over fixed images, batched over (candidate, image)
+    pairs; a backend supplies ``_encode`` (token rows -> text features) and ``_ground`` (a
+    chunk of pairs -> official scores [P, Q] and mask logits [P, Q, h, w] as numpy)."""
 
-    def __init__(self, model: Sam3, features: ImageFeatures, targets: list[MaskTarget],
-                 config: ObjectiveConfig = ObjectiveConfig(), pairs_per_batch: int = 8):
-        if features.levels[0].shape[0] != len(targets):
-            raise ValueError(f"{features.levels[0].shape[0]} images but {len(targets)} targets")
-        self.model, self.features, self.targets, self.config = model, features, targets, config
-        self.pairs_per_batch = pairs_per_batch
-        self.dense = DenseTargets.of(targets)
+    def __init__(self, targets: list[MaskTarget], config: ObjectiveConfig, pairs_per_batch: int):
+        self.targets, self.config, self.pairs_per_batch = targets, config, pairs_per_batch
         self.evaluations = 0  # exact (candidate, image) scorings so far
 
     @property
     def images(self) -> int:
         return len(self.targets)
 
+    def _encode(self, ids: np.ndarray):
+        raise NotImplementedError
+
+    def _ground(self, text, candidates: list[int], images: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
     def exact(self, ids: np.ndarray) -> list[SplitScore]:
         """Token id rows [C, context] -> each candidate's split score over all images."""
-        text = self.model.encode_text(mx.array(ids))
+        text = self._encode(ids)
         pairs = [(c, i) for c in range(len(ids)) for i in range(self.images)]
         results: list[list] = [[] for _ in range(len(ids))]
         for start in range(0, len(pairs), self.pairs_per_batch):
             chunk = pairs[start: start + self.pairs_per_batch]
-            which = mx.array([c for c, _ in chunk])
-            grounded = self.model.ground(self.features, TextFeatures(text.memory[which], text.padding[which]),
-                                         mx.array([i for _, i in chunk]))
-            scores, masks = np.array(grounded.scores.astype(mx.float32)), np.array(grounded.masks.astype(mx.float32))
+            scores, masks = self._ground(text, [c for c, _ in chunk], [i for _, i in chunk])
             for k, (c, i) in enumerate(chunk):
                 results[c].append(score_image(scores[k], masks[k], self.targets[i], self.config))
         self.evaluations += len(pairs)
         return [aggregate(r, self.config) for r in results]
+
+
+class Scorer(ExactScorer):
+    """Scores prompts against fixed images (``features``, one per target) with one objective,
+    in MLX; also the differentiable surrogate for the gradient phases."""
+
+    def __init__(self, model: Sam3, features: ImageFeatures, targets: list[MaskTarget],
+                 config: ObjectiveConfig = ObjectiveConfig(), pairs_per_batch: int = 8):
+        if features.levels[0].shape[0] != len(targets):
+            raise ValueError(f"{features.levels[0].shape[0]} images but {len(targets)} targets")
+        super().__init__(targets, config, pairs_per_batch)
+        self.model, self.features = model, features
+        self.dense = DenseTargets.of(targets)
+
+    def _encode(self, ids: np.ndarray) -> TextFeatures:
+        return self.model.encode_text(mx.array(ids))
+
+    def _ground(self, text: TextFeatures, candidates: list[int], images: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        which = mx.array(candidates)
+        grounded = self.model.ground(self.features, TextFeatures(text.memory[which], text.padding[which]),
+                                     mx.array(images))
+        return np.array(grounded.scores.astype(mx.float32)), np.array(grounded.masks.astype(mx.float32))
 
     def surrogate(self, embeddings: mx.array, padding: mx.array) -> mx.array:
         """One soft prompt ([1, L, width] input embeddings, [1, L] padding) -> the surrogate

@@ -1,0 +1,104 @@
+"""A search run over the categories of a dataset: the run folder, resume, and the results.
+
+RUN_DIR holds ``run.json`` (the settings, the weights fingerprint and the dataset; a resume
+must match them), ``state/<category>.pkl`` (the checkpoint of the category in progress),
+``aliases.json`` (one entry per finished category, rewritten atomically after each) and the
+report. A killed run resumes with ``--resume`` from its last step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import mlx.core as mx
+
+from mlx_alias.data.coco import Dataset
+from mlx_alias.data.split import describe
+from mlx_alias.files import atomic_write_bytes
+from mlx_alias.model.sam3 import Sam3
+from mlx_alias.tokenizer import load_tokenizer
+
+from .cache import FeatureCache
+from .driver import Progress, SearchConfig, search_category
+from .phase import ids_of
+from .task import category_task
+
+
+class RunError(ValueError):
+    """A run folder that cannot be started or resumed; the message is one sentence."""
+
+
+def _settings(cfg: SearchConfig, fingerprint: str, dataset: Dataset, categories: list[int]) -> dict:
+    return {"search": json.loads(json.dumps(dataclasses.asdict(cfg))), "weights": fingerprint,
+            "dataset": str(dataset.annotation_file), "categories": categories}
+
+
+def _write_json(path: Path, data) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+
+
+def prepare_run(run_dir: Path, settings: dict, resume: bool) -> list[dict]:
+    """Create RUN_DIR, or check that it is this run's on ``--resume``; returns the finished entries."""
+    meta = run_dir / "run.json"
+    if resume:
+        if not meta.is_file():
+            raise RunError(f"{run_dir} holds no run to resume (run.json is missing)")
+        if json.loads(meta.read_text()) != settings:
+            raise RunError(f"{run_dir} was started with other settings, weights or dataset; resume with the same ones")
+        done = run_dir / "aliases.json"
+        return json.loads(done.read_text()) if done.is_file() else []
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir} already holds files (pass --resume to continue that run)")
+    (run_dir / "state").mkdir(parents=True, exist_ok=True)
+    _write_json(meta, settings)
+    return []
+
+
+def score_texts(task_scorer, tokenizer, texts: list[str]) -> list[float]:
+    return [r.score for r in task_scorer.exact(tokenizer(texts))]
+
+
+def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path, cfg: SearchConfig,
+               categories: list[int], resume: bool = False,
+               echo: Callable[[str], None] = print, report: Callable[[Progress], None] = lambda p: None) -> list[dict]:
+    tokenizer = load_tokenizer()
+    for category_id in categories:
+        dataset.check_category(category_id)
+    entries = prepare_run(run_dir, _settings(cfg, cache.fingerprint, dataset, categories), resume)
+    finished = {e["category_id"] for e in entries}
+    for category_id in categories:
+        if category_id in finished:
+            continue
+        task = category_task(model, cache, dataset, category_id, holdout_fraction=cfg.holdout_fraction,
+                             seed=cfg.seed, config=cfg.objective, pairs_per_batch=cfg.pairs_per_batch)
+        echo(f"{task.category.label}: {describe(task.split)}")
+        state = run_dir / "state" / f"{category_id}.pkl"
+        outcome = search_category(task, model, tokenizer, cfg, state, report)
+        best = outcome.best
+        entry = {
+            "category_id": category_id,
+            "name": task.category.name,
+            "tokens": list(best.tokens),
+            "text": tokenizer.decode(best.tokens),
+            "roundtrip": tokenizer.roundtrips(best.tokens),
+            "train_score": best.score,
+            "holdout_score": task.holdout.exact(ids_of(tokenizer, [best.tokens]))[0].score if task.holdout else None,
+            "evaluations": outcome.evaluations,
+            "split": dataclasses.asdict(task.split),
+            "curve": outcome.curve,
+        }
+        if task.category.name:
+            name = task.category.name
+            entry["baseline"] = {
+                "text": name,
+                "train_score": score_texts(task.train, tokenizer, [name])[0],
+                "holdout_score": score_texts(task.holdout, tokenizer, [name])[0] if task.holdout else None,
+            }
+        entries.append(entry)
+        _write_json(run_dir / "aliases.json", entries)
+        state.unlink(missing_ok=True)
+        mx.clear_cache()
+    return entries

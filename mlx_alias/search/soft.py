@@ -1,0 +1,127 @@
+"""The soft-prompt phase: gradient ascent on the surrogate over ``length`` continuous input
+vectors, projected to the nearest real tokens to be scored exactly.
+
+The soft prompt stands where an alias's token embeddings would: [start token, the vectors,
+end token, padding up to the context length], the padding masked as SAM3 masks id 0. Adam
+maximises the surrogate. With ``pez`` (Wen et al., 2023, "Hard Prompts Made Easy") the
+gradient is taken at the prompt's projection to real tokens and applied to the continuous
+vectors, so that the optimisation sees what the exact score will see. Every
+``evaluate_every`` steps, and at the last one, the projection is scored exactly through
+``ctx.evaluate``; ``best`` is the best candidate so scored (or ``start``, if given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_alias.tokenizer import CONTEXT_LENGTH
+
+from .phase import Candidate, SearchContext
+from .vocab import TokenIndex
+
+
+@dataclass(frozen=True)
+class SoftConfig:
+    steps: int = 100  # gradient steps at most
+    # Adam's step size, in units of the embedding table's per-coordinate RMS, so that one
+    # value suits every model size (Adam moves each coordinate by about the step size).
+    learning_rate: float = 0.1
+    pez: bool = True  # gradient at the projected prompt, applied to the continuous one
+    evaluate_every: int = 10  # steps between exact scorings of the projection
+    init: str = "tokens"  # "tokens": the start candidate's embeddings; "random": random allowed tokens'
+    patience: int = 5  # stop after this many exact scorings without a better candidate
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays
+    eps: float = 1e-8  # Adam's denominator floor
+
+
+def adam(x: mx.array, grad: mx.array, m: mx.array, v: mx.array, t: int, lr: float,
+         betas: tuple[float, float], eps: float) -> tuple[mx.array, mx.array, mx.array]:
+    """One Adam step descending ``grad`` at step ``t`` (from 1): new (x, m, v)."""
+    b1, b2 = betas
+    m = b1 * m + (1 - b1) * grad
+    v = b2 * v + (1 - b2) * mx.square(grad)
+    m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+    return x - lr * m_hat / (mx.sqrt(v_hat) + eps), m, v
+
+
+class SoftPromptPhase:
+    name = "soft"
+
+    def __init__(self, ctx: SearchContext, config: SoftConfig = SoftConfig(), start: Candidate | None = None):
+        if config.init not in ("tokens", "random"):
+            raise ValueError(f"init must be 'tokens' or 'random', got {config.init!r}")
+        if config.init == "tokens" and (start is None or len(start.tokens) != ctx.length):
+            raise ValueError(f"init='tokens' needs a start candidate of {ctx.length} tokens")
+        if not 1 <= ctx.length <= CONTEXT_LENGTH - 2:
+            raise ValueError(f"length must lie in [1, {CONTEXT_LENGTH - 2}], got {ctx.length}")
+        self.ctx, self.config = ctx, config
+        self.table = ctx.embeddings().astype(mx.float32)
+        self.index = TokenIndex(self.table, ctx.allowed)
+        # Our own generator, seeded from the driver's, so that our draws are saved with us.
+        self.rng = np.random.default_rng(int(ctx.rng.integers(2**63)))
+        ids = start.tokens if config.init == "tokens" else self.rng.choice(np.flatnonzero(ctx.allowed), ctx.length)
+        self.vectors = self.table[mx.array(np.asarray(ids))]  # [length, width] float32
+        self.m, self.v = mx.zeros_like(self.vectors), mx.zeros_like(self.vectors)
+        self.taken = 0  # gradient steps so far
+        self.stale = 0  # exact scorings since ``best`` last improved
+        self.best: Candidate | None = start
+        self.value: float | None = None  # surrogate where the last gradient was taken
+        self.step_size = config.learning_rate * float(mx.sqrt(mx.mean(mx.square(self.table))))
+
+        tok, n = ctx.tokenizer, ctx.length
+        frame = ctx.model.token_embeddings(mx.array([[tok.sot_id, *[tok.pad_id] * n, tok.eot_id]
+                                                     + [tok.pad_id] * (CONTEXT_LENGTH - n - 2)]))
+        self._head, self._tail = frame[:, :1], frame[:, n + 1:]  # start; end and padding
+        self._padding = mx.array(np.arange(CONTEXT_LENGTH) > n + 1)[None]  # True after the end token
+        self._loss_and_grad = mx.value_and_grad(self._loss)
+
+    def _loss(self, vectors: mx.array) -> mx.array:
+        embeddings = mx.concatenate([self._head, vectors[None].astype(self._head.dtype), self._tail], axis=1)
+        return -self.ctx.scorer.surrogate(embeddings, self._padding)
+
+    @property
+    def done(self) -> bool:
+        return self.taken >= self.config.steps or self.stale >= self.config.patience
+
+    def projection(self) -> tuple[int, ...]:
+        """The current soft prompt's nearest allowed tokens."""
+        return self.index.project(self.vectors)
+
+    def step(self) -> list[Candidate]:
+        """One Adam step; on evaluation steps (and the last) the projection's exact score."""
+        if self.done:
+            return []
+        cfg = self.config
+        point = self.table[mx.array(self.projection())] if cfg.pez else self.vectors
+        loss, grad = self._loss_and_grad(point)
+        self.taken += 1
+        self.vectors, self.m, self.v = adam(self.vectors, grad, self.m, self.v, self.taken, self.step_size, cfg.betas, cfg.eps)
+        mx.eval(self.vectors, self.m, self.v)
+        self.value = -float(loss)
+        if self.taken % cfg.evaluate_every and self.taken < cfg.steps:
+            return []
+        found = self.ctx.evaluate([self.projection()])
+        if self.best is None or found[0].score > self.best.score:
+            self.best, self.stale = found[0], 0
+        else:
+            self.stale += 1
+        return found
+
+    def state(self) -> dict[str, Any]:
+        best = None if self.best is None else {"tokens": list(self.best.tokens), "score": self.best.score}
+        return {"vectors": np.array(self.vectors), "m": np.array(self.m), "v": np.array(self.v),
+                "taken": self.taken, "stale": self.stale, "best": best, "value": self.value,
+                "rng": self.rng.bit_generator.state}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state["vectors"].shape != tuple(self.vectors.shape):
+            raise ValueError(f"saved soft prompt is {state['vectors'].shape}, expected {tuple(self.vectors.shape)}")
+        self.vectors, self.m, self.v = (mx.array(state[k], dtype=mx.float32) for k in ("vectors", "m", "v"))
+        self.taken, self.stale, self.value = int(state["taken"]), int(state["stale"]), state["value"]
+        best = state["best"]
+        self.best = None if best is None else Candidate(tuple(int(i) for i in best["tokens"]), float(best["score"]))
+        self.rng.bit_generator.state = state["rng"]
