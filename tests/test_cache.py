@@ -75,7 +75,7 @@ def test_features_exact_in_order_with_memory_and_disk_hits(mlx_model, mlx_weight
     again = FeatureCache(mlx_model, mlx_weights, tmp_path)  # a new run: disk only
     assert_levels(again.get([a, b, c]), direct)
     assert counts(again) == (0, 3, 0, 0)
-    assert again.get([]).levels[0].shape == (0, 64, 64, 256)
+    assert again.get([]).levels[0].shape == (0, 64, 64, mlx_model.cfg.detector.d_model)
 
 
 def test_entry_format(mlx_model, mlx_weights, images, direct, tmp_path):
@@ -87,7 +87,8 @@ def test_entry_format(mlx_model, mlx_weights, images, direct, tmp_path):
     arrays, meta = mx.load(str(path), return_metadata=True)
     assert sorted(arrays) == ["level0", "level1", "level2"]
     assert meta["weights"] == cache.fingerprint and meta["image"] == key and meta["dtype"] == "float32"
-    assert json.loads(meta["shapes"]) == [[1, 64, 64, 256], [1, 32, 32, 256], [1, 16, 16, 256]]
+    d = mlx_model.cfg.detector.d_model
+    assert json.loads(meta["shapes"]) == [[1, 64, 64, d], [1, 32, 32, d], [1, 16, 16, d]]
     data = b"".join(np.asarray(arrays[f"level{i}"]).tobytes() for i in range(3))
     assert meta["sha256"] == hashlib.sha256(data).hexdigest()
 
