@@ -1,0 +1,201 @@
+"""The discrete phases on the tiny model: GCG samples swaps among the allowed top-k of the true
+one-hot gradient and only ever improves; evolution keeps its elite, respects ``allowed`` and has
+a one-candidate-at-a-time baseline; both resume bit-identically from ``state()``.
+
+Every context shares one memo of exact scores (same model, images and objective, so the same
+scores): a rerun costs gradients only, which keeps the file fast."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_alias.search.discrete import (
+    EvolutionConfig, EvolutionPhase, GcgConfig, GcgPhase, Neighbours, token_gradients, top_tokens,
+)
+from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
+from mlx_alias.search.phase import SearchContext
+from mlx_alias.search.scorer import Scorer
+from mlx_alias.tokenizer import load_tokenizer
+
+CFG = ObjectiveConfig(threshold=0.25)  # the tiny random model's scores sit near 0.3
+GCG = GcgConfig(steps=2, candidates=5, top_k=8, swaps_per_candidate=2)
+EVOLUTION = EvolutionConfig(generations=2, population=5, elite=2, neighbours=8)
+
+
+@pytest.fixture(scope="module")
+def world(mlx_model):
+    rng = np.random.default_rng(0)
+    features = mlx_model.encode_image(mx.array(rng.uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)))
+    size = features.levels[0].shape[1]
+    box = np.zeros((size, size), bool)
+    box[10:40, 20:50] = True
+    nothing = np.zeros_like(box)
+    targets = [MaskTarget(box[None], nothing), MaskTarget(np.zeros((0, size, size), bool), nothing)]  # + a negative
+    scorer = Scorer(mlx_model, features, targets, CFG)
+    tokenizer = load_tokenizer()
+    allowed = np.zeros(tokenizer.eot_id + 1, bool)  # a small random vocabulary, so that leaks show
+    allowed[rng.choice(np.arange(1, tokenizer.sot_id), 3000, replace=False)] = True
+    seen: dict = {}
+
+    def context(seed: int = 1) -> SearchContext:
+        return SearchContext(mlx_model, scorer, tokenizer, allowed, 4, np.random.default_rng(seed), seen)
+
+    starts = [tuple(int(t) for t in rng.choice(np.flatnonzero(allowed), 4)) for _ in range(3)]
+    return context, context().evaluate(starts)
+
+
+def _json(state: dict) -> dict:
+    return json.loads(json.dumps(state))  # the driver may checkpoint as JSON
+
+
+@pytest.fixture(scope="module")
+def gcg_run(world):
+    """Two GCG steps, with the alias and top-k each step started from."""
+    context, starts = world
+    phase = GcgPhase(context(), GCG, starts[0])
+    steps = []
+    while not phase.done:
+        before, top = phase.current, phase.top()
+        steps.append((before, top, phase.step(), phase.current))
+    return phase, steps
+
+
+def test_gcg_candidates_are_allowed_swaps_of_the_top_k(world, gcg_run):
+    context, _ = world
+    allowed = context().allowed
+    _, steps = gcg_run
+    assert len(steps) == GCG.steps
+    for before, top, candidates, _ in steps:
+        assert 0 < len(candidates) <= GCG.candidates and len(set(candidates)) == len(candidates)
+        for c in candidates:
+            assert allowed[list(c.tokens)].all()
+            changed = [p for p, (x, y) in enumerate(zip(before.tokens, c.tokens)) if x != y]
+            assert len(changed) == GCG.swaps_per_candidate
+            assert all(c.tokens[p] in top[p] for p in changed)
+
+
+def test_gcg_score_never_decreases_and_keeps_the_best(gcg_run):
+    _, steps = gcg_run
+    for before, _, candidates, after in steps:
+        assert after.score >= before.score
+        best = max(candidates, key=lambda c: c.score)
+        assert after == (best if best.score > before.score else before)
+
+
+def test_top_k_are_the_largest_one_hot_gradients(world, mlx_model):
+    context, starts = world
+    ctx, tokens = context(), starts[1].tokens
+    table = ctx.embeddings().astype(mx.float32)
+    ids = mx.array(ctx.tokenizer.from_content_ids(tokens))
+    framed = mlx_model.token_embeddings(ids)
+
+    def surrogate(one_hot):  # the alias as one_hot @ table between the frame's start and end
+        content = (one_hot @ table)[None]
+        embeds = mx.concatenate([framed[:, :1], content, framed[:, 1 + len(tokens):]], axis=1)
+        return ctx.scorer.surrogate(embeds, ids == 0)
+
+    one_hot = mx.zeros((len(tokens), table.shape[0])).at[mx.arange(len(tokens)), mx.array(tokens)].add(1.0)
+    direct = np.array(mx.grad(surrogate)(one_hot))
+    gradient = token_gradients(ctx, tokens, table)
+    np.testing.assert_allclose(gradient, direct, rtol=1e-4, atol=1e-6 * np.abs(direct).max())
+    position, k = 2, 10
+    top = top_tokens(gradient, ctx.allowed, tokens, k)
+    row = np.where(ctx.allowed, direct[position], -np.inf)
+    row[tokens[position]] = -np.inf
+    assert list(top[position]) == list(np.argsort(-row, kind="stable")[:k])
+    assert tokens[position] not in top[position] and ctx.allowed[top].all()
+
+
+def test_gcg_state_round_trip_is_bit_identical(world, gcg_run):
+    context, starts = world
+    full, _ = gcg_run
+    ctx = context()
+    half = GcgPhase(ctx, GCG, starts[0])
+    half.step()
+    resumed = GcgPhase(ctx, GCG, starts[2])  # the start and ctx.rng draw are overwritten by restore
+    resumed.restore(_json(half.state()))
+    resumed.step()
+    assert resumed.current == full.current and resumed.best == full.best
+    assert resumed.state() == full.state() and resumed.done
+
+
+def test_neighbours_are_the_nearest_allowed_by_cosine(world):
+    context, starts = world
+    ctx = context()
+    table = np.array(ctx.embeddings().astype(mx.float32))
+    token = starts[0].tokens[0]
+    unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+    cosine = np.where(ctx.allowed, unit @ unit[token], -np.inf)
+    cosine[token] = -np.inf
+    near = Neighbours(ctx.embeddings(), ctx.allowed, 8)
+    assert list(near(token)) == list(np.argsort(-cosine, kind="stable")[:8])
+    assert near(token) is near.cache[token]  # computed once
+
+
+@pytest.fixture(scope="module")
+def evolution_run(world):
+    context, starts = world
+    phase = EvolutionPhase(context(), EVOLUTION, starts)
+    generations = []
+    while not phase.done:
+        before = list(phase.population)
+        generations.append((before, phase.step(), list(phase.population)))
+    return phase, generations
+
+
+def test_evolution_keeps_the_elite_and_respects_allowed(world, evolution_run):
+    context, _ = world
+    allowed = context().allowed
+    phase, generations = evolution_run
+    assert len(generations) == EVOLUTION.generations
+    for before, children, after in generations:
+        assert len(children) == EVOLUTION.population - min(EVOLUTION.elite, len(before))
+        assert len(after) == EVOLUTION.population
+        ranked = sorted(before[: EVOLUTION.elite] + children, key=lambda c: -c.score)
+        assert after[: EVOLUTION.elite] == ranked[: EVOLUTION.elite]
+        assert after[0].score >= before[0].score
+        assert all(allowed[list(c.tokens)].all() for c in children)
+    assert phase.best == generations[-1][2][0]
+
+
+def test_evolution_state_round_trip_is_bit_identical(world, evolution_run):
+    context, starts = world
+    full, _ = evolution_run
+    ctx = context()
+    half = EvolutionPhase(ctx, EVOLUTION, starts)
+    half.step()
+    resumed = EvolutionPhase(ctx, EVOLUTION, starts[:1])
+    resumed.restore(_json(half.state()))
+    resumed.step()
+    assert resumed.population == full.population and resumed.best == full.best
+    assert resumed.state() == full.state() and resumed.done
+
+
+def test_seed_style_scores_one_neighbour_mutant_at_a_time(world):
+    seed = EvolutionConfig.seed_style()
+    assert (seed.population, seed.neighbour_fraction, seed.batch_evaluation) == (20, 1.0, False)
+    context, starts = world
+    ctx = context()
+    calls, evaluate = [], ctx.evaluate
+
+    def counted(candidates):
+        calls.append(len(candidates))
+        return evaluate(candidates)
+
+    ctx.evaluate = counted
+    # smaller, and without crossover or retries so that each child is one neighbour swap away
+    phase = EvolutionPhase(ctx, replace(seed, population=4, crossover=0.0, retries=0), starts)
+    members = list(phase.population)
+    children = phase.step()
+    assert calls == [1] * len(children) and len(children) == 4 - seed.elite
+    for child in children:
+        assert any(
+            all(x == y or y in phase.neighbours(x) for x, y in zip(m.tokens, child.tokens))
+            and sum(x != y for x, y in zip(m.tokens, child.tokens)) == 1
+            for m in members
+        )
