@@ -14,7 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Find token aliases that make SAM3 segment a concept (MLX port of SAM3).",
 )
-state = {"debug": False}
+state = {"debug": False, "status_line": False}
 
 # Errors that mean "bad input or environment", reported as sentences.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
@@ -36,7 +36,20 @@ class Format(str, Enum):
     hf = "hf"
 
 
+def status(line: str) -> None:
+    """Rewrite the one-line progress display on stderr."""
+    typer.echo(f"\r{line}   ", nl=False, err=True)
+    state["status_line"] = True
+
+
+def end_status() -> None:
+    if state["status_line"]:
+        typer.echo("", err=True)
+        state["status_line"] = False
+
+
 def fail(message: str) -> None:
+    end_status()
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=1)
 
@@ -251,12 +264,15 @@ def search(
         feature_cache = FeatureCache(model, weights, cache)
 
         def show(p) -> None:
-            typer.echo(f"\r{p.category} {p.phase:9s} {p.evaluations}/{p.budget} evaluations, best {p.best:.3f}   ",
-                       nl=False, err=True)
+            status(f"{p.category} {p.phase:9s} {p.evaluations}/{p.budget} evaluations, best {p.best:.3f}")
+
+        def echo(line: str) -> None:
+            end_status()
+            typer.echo(line, err=True)
 
         entries = run_search(model, feature_cache, data, out, cfg, _categories(categories, data), resume,
-                             echo=lambda line: typer.echo(line, err=True), report=show)
-        typer.echo("", err=True)
+                             echo=echo, report=show)
+        end_status()
         for e in entries:
             base = e.get("baseline")
             versus = f" (natural label {base['holdout_score']:.3f})" if base and base["holdout_score"] is not None else ""
@@ -264,6 +280,33 @@ def search(
             typer.echo(f"category {e['category_id']}: {e['text']!r} {e['tokens']} train {e['train_score']:.3f}, "
                        f"holdout {held}{versus}")
         typer.echo(f"results in {out / 'aliases.json'}")
+
+    run_guarded(action)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder to create with everything the demo makes."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model, the images and the search."),
+    budget: int = typer.Option(1200, "--budget", min=1, help="Exact evaluations the search may spend."),
+) -> None:
+    """The whole job on an embedded default: tiny random SAM3, synthetic images, a planted prompt, a search."""
+
+    def action() -> None:
+        from mlx_alias.demo import demo as run
+
+        def show(p) -> None:
+            status(f"    {p.phase:9s} {p.evaluations}/{p.budget} evaluations, best train score {p.best:.3f}")
+
+        def echo(line: str) -> None:
+            end_status()
+            typer.echo(line, err=True)
+
+        summary = run(out, seed=seed, budget=budget, echo=echo, report=show)
+        end_status()
+        typer.echo(f"alias {summary['alias']!r} {summary['tokens']}: holdout score {summary['alias_holdout']:.3f} "
+                   f"(the hidden prompt: {summary['hidden_holdout']:.3f}) after {summary['evaluations']} evaluations")
+        typer.echo(f"results in {out / 'run' / 'aliases.json'}")
 
     run_guarded(action)
 

@@ -22,28 +22,28 @@ from mlx_alias.search.phase import SearchContext
 from mlx_alias.search.scorer import Scorer
 from mlx_alias.tokenizer import load_tokenizer
 
-CFG = ObjectiveConfig(threshold=0.25)  # the tiny random model's scores sit near 0.3
+CFG = ObjectiveConfig()
 GCG = GcgConfig(steps=2, candidates=5, top_k=8, swaps_per_candidate=2)
 EVOLUTION = EvolutionConfig(generations=2, population=5, elite=2, neighbours=8)
 
 
 @pytest.fixture(scope="module")
-def world(mlx_model):
+def world(search_model):
     rng = np.random.default_rng(0)
-    features = mlx_model.encode_image(mx.array(rng.uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)))
+    features = search_model.encode_image(mx.array(rng.uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)))
     size = features.levels[0].shape[1]
     box = np.zeros((size, size), bool)
     box[10:40, 20:50] = True
     nothing = np.zeros_like(box)
     targets = [MaskTarget(box[None], nothing), MaskTarget(np.zeros((0, size, size), bool), nothing)]  # + a negative
-    scorer = Scorer(mlx_model, features, targets, CFG)
+    scorer = Scorer(search_model, features, targets, CFG)
     tokenizer = load_tokenizer()
     allowed = np.zeros(tokenizer.eot_id + 1, bool)  # a small random vocabulary, so that leaks show
     allowed[rng.choice(np.arange(1, tokenizer.sot_id), 3000, replace=False)] = True
     seen: dict = {}
 
     def context(seed: int = 1) -> SearchContext:
-        return SearchContext(mlx_model, scorer, tokenizer, allowed, 4, np.random.default_rng(seed), seen)
+        return SearchContext(search_model, scorer, tokenizer, allowed, 4, np.random.default_rng(seed), seen)
 
     starts = [tuple(int(t) for t in rng.choice(np.flatnonzero(allowed), 4)) for _ in range(3)]
     return context, context().evaluate(starts)
@@ -87,12 +87,12 @@ def test_gcg_score_never_decreases_and_keeps_the_best(gcg_run):
         assert after == (best if best.score > before.score else before)
 
 
-def test_top_k_are_the_largest_one_hot_gradients(world, mlx_model):
+def test_top_k_are_the_largest_one_hot_gradients(world, search_model):
     context, starts = world
     ctx, tokens = context(), starts[1].tokens
     table = ctx.embeddings().astype(mx.float32)
     ids = mx.array(ctx.tokenizer.from_content_ids(tokens))
-    framed = mlx_model.token_embeddings(ids)
+    framed = search_model.token_embeddings(ids)
 
     def surrogate(one_hot):  # the alias as one_hot @ table between the frame's start and end
         content = (one_hot @ table)[None]

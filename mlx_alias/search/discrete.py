@@ -106,7 +106,7 @@ class GcgPhase:
         length, k = top.shape
         swaps = min(self.config.swaps_per_candidate, length)
         out = []
-        for _ in range(self.config.candidates):
+        for _ in range(min(self.config.candidates, self.ctx.affordable())):
             tokens = list(self.current.tokens)
             for position in self.rng.choice(length, size=swaps, replace=False):
                 tokens[position] = int(top[position, self.rng.integers(k)])
@@ -233,7 +233,7 @@ class EvolutionPhase:
         elite = self.population[: self.config.elite]
         taken = {c.tokens for c in self.population}
         children = []
-        for _ in range(self.config.population - len(elite)):
+        for _ in range(min(self.config.population - len(elite), self.ctx.affordable())):
             children.append(self.child(taken))
             taken.add(children[-1])
         if self.config.batch_evaluation:

@@ -119,6 +119,7 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
         if saved is not None:
             ctx.rng.bit_generator.state = saved["rng_before_phase"]
         rng_before = ctx.rng.bit_generator.state
+        ctx.limit = limit
         phase = _phase(name, ctx, cfg, starts)
         if saved is not None:
             phase.restore(saved["phase"])

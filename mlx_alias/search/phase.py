@@ -41,6 +41,13 @@ class SearchContext:
     length: int  # alias length in tokens
     rng: np.random.Generator
     seen: dict[tuple[int, ...], float] = field(default_factory=dict)  # exact scores so far
+    limit: int | None = None  # the scorer's evaluation count the current phase may reach
+
+    def affordable(self) -> int:
+        """How many more candidates the budget pays for (at least one, so a step always moves)."""
+        if self.limit is None:
+            return 1 << 30
+        return max(1, (self.limit - self.scorer.evaluations) // self.scorer.images)
 
     def evaluate(self, candidates: list[tuple[int, ...]]) -> list[Candidate]:
         """Exact scores, each distinct candidate scored once per run (repeats are free)."""

@@ -1,0 +1,146 @@
+"""plant, search (with resume), evaluate (MLX and torch) and demo, end to end at tiny size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mlx_alias.cli import app
+from mlx_alias.demo import planting_threshold, synthetic_images
+
+runner = CliRunner()
+HIDDEN = "velvet lantern"
+
+
+def run_cli(*args) -> object:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def clean_failure(result, phrase: str) -> None:
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and phrase in errors[0], result.output
+
+
+@pytest.fixture(scope="module")
+def planted(search_weights, search_model, tmp_path_factory) -> tuple[Path, float]:
+    root = tmp_path_factory.mktemp("planted")
+    paths = synthetic_images(root / "images", 9, seed=1)
+    from mlx_alias.tokenizer import load_tokenizer
+
+    threshold = planting_threshold(search_model, paths, load_tokenizer()(HIDDEN))
+    result = run_cli("plant", "--weights", search_weights / "mlx", "--images", root / "images", "--prompt", HIDDEN,
+                     "--out", root / "dataset", "--threshold", threshold)
+    assert result.exit_code == 0, result.output
+    return root / "dataset", threshold
+
+
+def search_args(search_weights, dataset, out, threshold, tmp_path, *extra):
+    return ["search", "--weights", search_weights / "mlx", "--dataset", dataset, "--out", out, "--length", 2,
+            "--budget", 120, "--holdout", 0.34, "--threshold", threshold, "--cache", tmp_path / "cache", *extra]
+
+
+def test_plant_writes_a_loadable_dataset(planted):
+    from mlx_alias.data.coco import load_dataset
+
+    dataset, threshold = planted
+    data = load_dataset(dataset)
+    assert list(data.categories) == [1] and data.categories[1].name is None  # the prompt stays hidden
+    assert data.positives(1), "the hidden prompt predicts instances somewhere"
+    hidden = json.loads((dataset / "plant.json").read_text())
+    assert hidden["prompt"] == HIDDEN and hidden["threshold"] == threshold
+
+
+def test_evaluate_mlx_and_torch_agree(search_weights, planted, tmp_path):
+    dataset, threshold = planted
+    common = ["evaluate", "--weights", search_weights / "mlx", "--dataset", dataset, "--prompt", HIDDEN,
+              "--prompt", "a red car", "--split", "all", "--threshold", threshold, "--json", "--cache", tmp_path]
+    mine = run_cli(*common)
+    ref = run_cli(*common, "--backend", "torch", "--checkpoint", search_weights / "sam3")
+    assert mine.exit_code == 0 and ref.exit_code == 0, mine.output + ref.output
+    rows = [json.loads(line) for line in mine.output.splitlines() if line.startswith("{")]
+    ref_rows = [json.loads(line) for line in ref.output.splitlines() if line.startswith("{")]
+    assert [set(r) for r in rows] == [{"category_id", "text", "tokens", "split", "score"}] * 2
+    assert rows[0]["score"] > rows[1]["score"]  # the hidden prompt beats another one
+    for a, b in zip(rows, ref_rows, strict=True):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+
+
+def test_search_then_evaluate(search_weights, planted, tmp_path):
+    dataset, threshold = planted
+    out = tmp_path / "run"
+    result = run_cli(*search_args(search_weights, dataset, out, threshold, tmp_path))
+    assert result.exit_code == 0, result.output
+    entries = json.loads((out / "aliases.json").read_text())
+    entry = entries[0]
+    for key in ("category_id", "name", "tokens", "text", "roundtrip", "train_score", "holdout_score", "evaluations"):
+        assert key in entry
+    assert len(entry["tokens"]) == 2 and 0 not in entry["tokens"]
+    assert entry["evaluations"] <= 120 + 8  # at most one candidate past the budget
+    scored = run_cli("evaluate", "--weights", search_weights / "mlx", "--dataset", dataset, "--aliases",
+                     out / "aliases.json", "--split", "train", "--threshold", threshold, "--json", "--cache", tmp_path)
+    assert scored.exit_code == 0, scored.output
+    row = json.loads(scored.output.strip().splitlines()[-1])
+    assert row["tokens"] == entry["tokens"] and row["score"] == pytest.approx(entry["train_score"], abs=1e-6)
+
+
+def test_interrupted_search_resumes_to_the_same_end(search_weights, planted, tmp_path, monkeypatch):
+    from mlx_alias.search import driver
+
+    dataset, threshold = planted
+    whole = run_cli(*search_args(search_weights, dataset, tmp_path / "whole", threshold, tmp_path))
+    assert whole.exit_code == 0, whole.output
+    steps = {"n": 0}
+    original = driver.atomic_write_bytes
+
+    def killed_after_two(path, data):
+        original(path, data)
+        steps["n"] += 1
+        if steps["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "atomic_write_bytes", killed_after_two)
+    broken = run_cli(*search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path))
+    clean_failure(broken, "interrupted")
+    assert not (tmp_path / "cut" / "aliases.json").exists()
+    monkeypatch.setattr(driver, "atomic_write_bytes", original)
+    resumed = run_cli(*search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path, "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    a = json.loads((tmp_path / "whole" / "aliases.json").read_text())
+    b = json.loads((tmp_path / "cut" / "aliases.json").read_text())
+    assert a == b
+
+
+def test_search_bad_input(search_weights, planted, tmp_path):
+    dataset, threshold = planted
+    broken = tmp_path / "broken.json"
+    broken.write_text("{ not json")
+    clean_failure(run_cli(*search_args(search_weights, broken, tmp_path / "a", threshold, tmp_path)), "line 1")
+    clean_failure(run_cli(*search_args(search_weights, dataset, tmp_path / "b", threshold, tmp_path, "--categories", "7")),
+                  "category 7")
+    clean_failure(run_cli(*search_args(search_weights, dataset, tmp_path / "c", threshold, tmp_path, "--resume")),
+                  "no run to resume")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("")
+    clean_failure(run_cli(*search_args(search_weights, dataset, tmp_path / "d", threshold, tmp_path)), "already holds files")
+
+
+def test_evaluate_bad_alias_files(search_weights, planted, tmp_path):
+    dataset, threshold = planted
+    cases = {"[1, 2": "not JSON", '[{"category_id": 9, "tokens": [5]}]': "category 9",
+             '[{"category_id": 1, "tokens": [0, 5]}]': "vocabulary", '{"a": 1}': "not a list"}
+    for text, phrase in cases.items():
+        path = tmp_path / "aliases.json"
+        path.write_text(text)
+        clean_failure(run_cli("evaluate", "--weights", search_weights / "mlx", "--dataset", dataset, "--aliases", path,
+                              "--cache", tmp_path), phrase)
+
+
+def test_demo(tmp_path):
+    result = run_cli("demo", "--out", tmp_path / "demo", "--budget", 60)
+    assert result.exit_code == 0, result.output
+    assert "hidden prompt" in result.output
+    assert json.loads((tmp_path / "demo" / "run" / "aliases.json").read_text())[0]["evaluations"] <= 60 + 8

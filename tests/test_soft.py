@@ -1,0 +1,111 @@
+"""The token index and the soft-prompt phase on the tiny model: the allowed mask, nearest
+tokens, the surrogate rising under Adam, PEZ candidates made of allowed tokens only, exact
+evaluations counted, and a checkpoint that resumes bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
+from mlx_alias.search.phase import SearchContext
+from mlx_alias.search.scorer import Scorer
+from mlx_alias.search.soft import SoftConfig, SoftPromptPhase
+from mlx_alias.search.vocab import TokenIndex, allowed_tokens
+from mlx_alias.tokenizer import load_tokenizer
+
+CFG = ObjectiveConfig(threshold=0.25)  # the tiny random model's scores sit near 0.3
+
+
+@pytest.fixture(scope="module")
+def scorer(mlx_model):
+    """Two random images: one with an instance, one negative."""
+    pixels = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+    features = mlx_model.encode_image(mx.array(pixels))
+    size = features.levels[0].shape[1]
+    box = np.zeros((size, size), bool)
+    box[10:40, 20:50] = True
+    targets = [MaskTarget(box[None], np.zeros_like(box)), MaskTarget(np.zeros((0, size, size), bool), np.zeros_like(box))]
+    return Scorer(mlx_model, features, targets, CFG)
+
+
+def context(model, scorer, seed: int, length: int = 3) -> SearchContext:
+    tokenizer = load_tokenizer()
+    return SearchContext(model, scorer, tokenizer, allowed_tokens(tokenizer), length, np.random.default_rng(seed))
+
+
+def test_allowed_tokens():
+    tok = load_tokenizer()
+    allowed = allowed_tokens(tok)
+    assert allowed.shape == (tok.vocab_size,) and allowed.sum() == tok.vocab_size - 3
+    assert not allowed[[0, tok.sot_id, tok.eot_id]].any()
+    strict = allowed_tokens(tok, roundtrip_only=True)
+    assert not (strict & ~allowed).any() and 30_000 < strict.sum() < allowed.sum()
+    kept = np.flatnonzero(strict)
+    for i in np.random.default_rng(0).choice(kept, 300, replace=False):
+        assert tok.encode(tok.decode([i])) == [i] and tok.roundtrips([i])
+    assert not strict[1]  # '"' without its end-of-word mark encodes as '"</w>' (257)
+    assert strict[257] and strict[tok.encode("car")[0]]
+
+
+def test_nearest_finds_own_token(mlx_model):
+    table = mlx_model.text_encoder.text_model.embeddings.token_embedding.weight
+    allowed = allowed_tokens(load_tokenizer())
+    index = TokenIndex(table, allowed)
+    ids = [320, 1615, 2368, 49000]
+    top = index.nearest(table[mx.array(ids)], k=3)
+    assert top.shape == (4, 3) and list(top[:, 0]) == ids
+    assert index.project(5 * table[mx.array(ids)]) == tuple(ids)  # cosine: the norm does not matter
+    blocked = allowed.copy()
+    blocked[ids] = False
+    assert not set(TokenIndex(table, blocked).nearest(table[mx.array(ids)], k=5).ravel()) & set(ids)
+
+
+def test_config_is_checked(mlx_model, scorer):
+    ctx = context(mlx_model, scorer, seed=0)
+    with pytest.raises(ValueError, match="start candidate"):
+        SoftPromptPhase(ctx, SoftConfig(init="tokens"))
+    with pytest.raises(ValueError, match="init"):
+        SoftPromptPhase(ctx, SoftConfig(init="zeros"))
+
+
+def test_surrogate_rises_and_evaluations_are_counted(mlx_model, scorer):
+    ctx = context(mlx_model, scorer, seed=0)
+    start = ctx.evaluate([tuple(ctx.tokenizer.encode("a red car"))])[0]
+    before = scorer.evaluations
+    phase = SoftPromptPhase(ctx, SoftConfig(steps=10, learning_rate=1.0, pez=False, evaluate_every=100), start)
+    values, found = [], []
+    while not phase.done:
+        found += phase.step()
+        values.append(phase.value)
+    assert len(values) == 10 and values[-1] > values[0] + 0.01 and np.mean(values[5:]) > values[0]
+    assert len(found) == 1 and phase.best.score >= start.score  # the last step scores the projection
+    assert scorer.evaluations - before == (found[0].tokens != start.tokens) * scorer.images
+
+
+def test_pez_candidates_and_exact_resume(mlx_model, scorer):
+    config = SoftConfig(steps=6, learning_rate=0.3, evaluate_every=2, init="random", patience=100)
+    whole = SoftPromptPhase(ctx_whole := context(mlx_model, scorer, seed=3), config)
+    before = scorer.evaluations
+    found = [c for _ in range(6) for c in whole.step()]
+    assert whole.done and len(found) == 3  # steps 2, 4, 6
+    assert all(len(c.tokens) == 3 and ctx_whole.allowed[list(c.tokens)].all() for c in found)
+    assert scorer.evaluations - before == len(ctx_whole.seen) * scorer.images
+    assert whole.best.score == max(c.score for c in found)
+
+    first = SoftPromptPhase(context(mlx_model, scorer, seed=3), config)
+    for _ in range(3):
+        first.step()
+    saved = first.state()
+    json.dumps({k: v for k, v in saved.items() if not isinstance(v, np.ndarray)})  # the rest is JSON-able
+    resumed = SoftPromptPhase(context(mlx_model, scorer, seed=99), config)  # another seed and init
+    resumed.restore(saved)
+    for _ in range(3):
+        resumed.step()
+    end, expected = resumed.state(), whole.state()
+    for key in ("vectors", "m", "v"):
+        assert np.array_equal(end[key], expected[key]), key
+    assert resumed.best == whole.best and end["rng"] == expected["rng"] and resumed.done
