@@ -289,6 +289,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder to create with everything the demo makes."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model, the images and the search."),
     budget: int = typer.Option(1200, "--budget", min=1, help="Exact evaluations the search may spend."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """The whole job on an embedded default: tiny random SAM3, synthetic images, a planted prompt, a search."""
 
@@ -302,11 +303,11 @@ def demo(
             end_status()
             typer.echo(line, err=True)
 
-        summary = run(out, seed=seed, budget=budget, echo=echo, report=show)
+        summary = run(out, seed=seed, budget=budget, overwrite=overwrite, echo=echo, report=show)
         end_status()
         typer.echo(f"alias {summary['alias']!r} {summary['tokens']}: holdout score {summary['alias_holdout']:.3f} "
                    f"(the hidden prompt: {summary['hidden_holdout']:.3f}) after {summary['evaluations']} evaluations")
-        typer.echo(f"results in {out / 'run' / 'aliases.json'}")
+        typer.echo(f"results in {out / 'run' / 'aliases.json'}, report in {out / 'run' / 'report.md'}")
 
     run_guarded(action)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .files import check_target
+from .files import atomic_directory
 
 HIDDEN_PROMPT = "velvet lantern"
 IMAGES = 12
@@ -57,9 +57,17 @@ def synthetic_images(folder: Path, count: int = IMAGES, seed: int = 0) -> list[P
     return paths
 
 
-def demo(out: Path, *, seed: int = 0, budget: int = 1200, echo: Callable[[str], None] = print,
-         report: Callable = lambda p: None) -> dict:
-    """Run the demo into ``out`` (created; it must not exist). Returns a summary."""
+def demo(out: Path, *, seed: int = 0, budget: int = 1200, overwrite: bool = False,
+         echo: Callable[[str], None] = print, report: Callable = lambda p: None) -> dict:
+    """Run the demo into ``out``, built in a temporary folder renamed at the end (so a killed
+    demo leaves nothing behind). Returns a summary."""
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        summary = _demo(staging, seed, budget, echo, report)
+    summary["out"] = str(out)
+    return summary
+
+
+def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report: Callable) -> dict:
     from .convert.convert import convert
     from .data.coco import load_dataset
     from .model.weights import load_model
@@ -79,26 +87,25 @@ def demo(out: Path, *, seed: int = 0, budget: int = 1200, echo: Callable[[str], 
         from .reference.checkpoint import save_checkpoint
     except ImportError as exc:
         raise ImportError(f"demo makes its model through the reference path (pip install 'mlx-alias[reference]'): {exc}") from exc
-    check_target(out)
     cfg = tiny_config()
-    echo(f"1/4 a tiny random SAM3 (seed {seed}) -> {out / 'weights'}")
+    echo(f"1/4 a tiny random SAM3 (seed {seed})")
     reference = build_model(cfg, seed=seed, device="cpu")
     sharpen_scores(reference)
     save_checkpoint(reference, cfg, out / "checkpoint", "sam3")
     convert(out / "checkpoint", out / "weights")
     model = load_model(out / "weights")
-    echo(f"2/4 {IMAGES} synthetic images -> {out / 'images'}")
+    echo(f"2/4 {IMAGES} synthetic images")
     paths = synthetic_images(out / "images", IMAGES, seed)
     hidden_prompt = make_prompt(HIDDEN_PROMPT, None)
     threshold = planting_threshold(model, paths, hidden_prompt.ids)
-    echo(f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold}) -> {out / 'dataset'}")
+    echo(f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold})")
     planted = plant(model, out / "images", hidden_prompt, out / "dataset", threshold=threshold)
     echo(f"    {planted.positives} of {planted.images} images hold {planted.instances} instances")
     dataset = load_dataset(out / "dataset")
     cache = FeatureCache(model, out / "weights", out / "cache")
     search = SearchConfig(length=len(load_tokenizer().encode(HIDDEN_PROMPT)), budget=budget,
                           holdout_fraction=0.34, seed=seed, objective=ObjectiveConfig(threshold=threshold))
-    echo(f"4/4 searching ({search.length}-token aliases, {budget} evaluations) -> {out / 'run'}")
+    echo(f"4/4 searching ({search.length}-token aliases, {budget} evaluations)")
     entries = run_search(model, cache, dataset, out / "run", search, sorted(dataset.categories), echo=echo, report=report)
     rows = evaluate(dataset, load_tokenizer(), lambda cid, ids: scorer_for(model, cache, dataset, cid, ids, search.objective, 8),
                     which="holdout", aliases=entries, prompts=None)

@@ -3,7 +3,7 @@
 RUN_DIR holds ``run.json`` (the settings, the weights fingerprint and the dataset; a resume
 must match them), ``state/<category>.pkl`` (the checkpoint of the category in progress),
 ``aliases.json`` (one entry per finished category, rewritten atomically after each) and the
-report. A killed run resumes with ``--resume`` from its last step.
+report (``report.md`` and ``figures/``). A killed run resumes with ``--resume`` from its last step.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from mlx_alias.tokenizer import load_tokenizer
 from .cache import FeatureCache
 from .driver import Progress, SearchConfig, search_category
 from .phase import ids_of
+from .report import write_report
 from .task import category_task
 
 
@@ -101,4 +102,5 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
         _write_json(run_dir / "aliases.json", entries)
         state.unlink(missing_ok=True)
         mx.clear_cache()
+    write_report(model, dataset, entries, cfg.objective.threshold, run_dir)
     return entries

@@ -29,7 +29,7 @@ class SoftConfig:
     steps: int = 100  # gradient steps at most
     # Adam's step size, in units of the embedding table's per-coordinate RMS, so that one
     # value suits every model size (Adam moves each coordinate by about the step size).
-    learning_rate: float = 0.1
+    learning_rate: float = 1.0
     pez: bool = True  # gradient at the projected prompt, applied to the continuous one
     evaluate_every: int = 10  # steps between exact scorings of the projection
     init: str = "tokens"  # "tokens": the start candidate's embeddings; "random": random allowed tokens'

@@ -1,0 +1,118 @@
+"""The run report: ``report.md`` with a table per category, the score curve of its search, and
+side-by-side overlays (ground truth | natural label | alias) on a few holdout images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from PIL import Image, ImageDraw
+
+from mlx_alias.data.coco import Dataset
+from mlx_alias.files import atomic_write, atomic_write_bytes
+from mlx_alias.image import preprocess
+from mlx_alias.model.sam3 import Sam3
+from mlx_alias.postprocess import Instance, instances
+from mlx_alias.segment import overlay
+from mlx_alias.tokenizer import load_tokenizer
+
+from .phase import ids_of
+
+OVERLAYS_PER_CATEGORY = 3
+CURVE_SIZE = (480, 240)
+
+
+def curve_png(curve: list[tuple[int, float]], path: Path) -> None:
+    """Best training score against evaluations spent, drawn with Pillow (no plotting library)."""
+    width, height = CURVE_SIZE
+    pad = 36
+    picture = Image.new("RGB", CURVE_SIZE, "white")
+    draw = ImageDraw.Draw(picture)
+    xs = np.array([c[0] for c in curve], float)
+    ys = np.array([c[1] for c in curve], float)
+    low, high = min(0.0, ys.min()), max(1.0, ys.max())
+    span_x = max(xs.max() - xs.min(), 1.0)
+
+    def point(x: float, y: float) -> tuple[float, float]:
+        return (pad + (x - xs.min()) / span_x * (width - 2 * pad),
+                height - pad - (y - low) / (high - low) * (height - 2 * pad))
+
+    draw.rectangle((pad, pad, width - pad, height - pad), outline="gray")
+    draw.line([point(x, y) for x, y in zip(xs, ys)] if len(xs) > 1 else [point(xs[0], ys[0])] * 2,
+              fill=(0, 90, 200), width=2)
+    draw.text((pad, height - pad + 6), f"{int(xs.min())}", fill="black")
+    draw.text((width - pad - 40, height - pad + 6), f"{int(xs.max())} evaluations", fill="black")
+    draw.text((4, pad - 4), f"{high:.2f}", fill="black")
+    draw.text((4, height - pad - 8), f"{low:.2f}", fill="black")
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def _predicted(model: Sam3, rgb: np.ndarray, ids: np.ndarray, threshold: float) -> list[Instance]:
+    pixels = mx.array(preprocess(rgb, model.cfg.vision.image_size)[None])
+    grounded = model.ground(model.encode_image(pixels), model.encode_text(mx.array(ids)))
+    return instances(grounded.scores[0], grounded.boxes[0], grounded.masks[0], *rgb.shape[:2], threshold)
+
+
+def _truth(dataset: Dataset, image_id: int, category_id: int) -> list[Instance]:
+    masks = dataset.targets(image_id, category_id).masks
+    return [Instance(1.0, _box(m), m) for m in masks]
+
+
+def _box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    ys, xs = np.nonzero(mask)
+    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)) if len(xs) else (0, 0, 0, 0)
+
+
+def overlays(model: Sam3, dataset: Dataset, entry: dict, threshold: float, folder: Path) -> list[Path]:
+    """[truth | natural label | alias] for the first holdout images (positives first)."""
+    split = entry["split"]
+    chosen = (split["holdout_positives"] + split["holdout_negatives"])[:OVERLAYS_PER_CATEGORY]
+    tokenizer = load_tokenizer()
+    alias_ids = ids_of(tokenizer, [tuple(entry["tokens"])])
+    name = entry.get("name")
+    written = []
+    for image_id in chosen:
+        rgb = dataset.image(image_id)
+        panels = [overlay(rgb, _truth(dataset, image_id, entry["category_id"]))]
+        if name:
+            panels.append(overlay(rgb, _predicted(model, rgb, tokenizer(name), threshold)))
+        panels.append(overlay(rgb, _predicted(model, rgb, alias_ids, threshold)))
+        sheet = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
+        for i, panel in enumerate(panels):
+            sheet.paste(panel, (i * panel.width, 0))
+        path = folder / f"category-{entry['category_id']}-image-{image_id}.png"
+        atomic_write(path, lambda tmp, sheet=sheet: sheet.save(tmp, format="PNG"))
+        written.append(path)
+    return written
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def write_report(model: Sam3, dataset: Dataset, entries: list[dict], threshold: float, run_dir: Path) -> Path:
+    figures = run_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    lines = ["# Alias search report", "",
+             f"Dataset `{dataset.annotation_file}`; objective threshold {threshold} (see the README: "
+             "IoU-weighted F-score on positive images minus half the false-positive rate on negatives).", ""]
+    for entry in entries:
+        cid = entry["category_id"]
+        label = f"category {cid}" + (f" ('{entry['name']}')" if entry.get("name") else "")
+        curve = figures / f"category-{cid}-curve.png"
+        curve_png(entry["curve"], curve)
+        lines += [f"## {label}", "", "| prompt | tokens | re-tokenizes | train | holdout |", "|---|---|---|---|---|",
+                  f"| alias `{entry['text']}` | {entry['tokens']} | {'yes' if entry['roundtrip'] else 'no'} | "
+                  f"{_score(entry['train_score'])} | {_score(entry['holdout_score'])} |"]
+        if entry.get("baseline"):
+            base = entry["baseline"]
+            lines.append(f"| natural label `{base['text']}` | | | {_score(base['train_score'])} | {_score(base['holdout_score'])} |")
+        lines += ["", f"{entry['evaluations']} evaluations. Best training score over the search:", "",
+                  f"![curve]({curve.relative_to(run_dir)})", ""]
+        panels = "ground truth | natural label | alias" if entry.get("name") else "ground truth | alias"
+        for path in overlays(model, dataset, entry, threshold, figures):
+            lines += [f"Holdout image ({panels}):", "", f"![overlay]({path.relative_to(run_dir)})", ""]
+    report = run_dir / "report.md"
+    atomic_write_bytes(report, ("\n".join(lines) + "\n").encode())
+    return report
