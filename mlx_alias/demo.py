@@ -107,10 +107,12 @@ def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report
                           holdout_fraction=0.34, seed=seed, objective=ObjectiveConfig(threshold=threshold))
     echo(f"4/4 searching ({search.length}-token aliases, {budget} evaluations)")
     entries = run_search(model, cache, dataset, out / "run", search, sorted(dataset.categories), echo=echo, report=report)
-    rows = evaluate(dataset, load_tokenizer(), lambda cid, ids: scorer_for(model, cache, dataset, cid, ids, search.objective, 8),
-                    which="holdout", aliases=entries, prompts=None)
-    hidden = evaluate(dataset, load_tokenizer(), lambda cid, ids: scorer_for(model, cache, dataset, cid, ids, search.objective, 8),
-                      which="holdout", prompts=[HIDDEN_PROMPT], holdout_fraction=0.34, seed=seed)
+    def make_scorer(cid: int, ids: list[int]):
+        return scorer_for(model, cache, dataset, cid, ids, search.objective, search.pairs_per_batch)
+
+    rows = evaluate(dataset, load_tokenizer(), make_scorer, which="holdout", aliases=entries)
+    hidden = evaluate(dataset, load_tokenizer(), make_scorer, which="holdout", prompts=[HIDDEN_PROMPT],
+                      holdout_fraction=search.holdout_fraction, seed=seed)
     alias = entries[0]
     return {"alias": alias["text"], "tokens": alias["tokens"], "alias_holdout": rows[0].score,
             "hidden_holdout": hidden[0].score, "evaluations": alias["evaluations"], "threshold": threshold}
