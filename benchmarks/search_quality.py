@@ -1,0 +1,128 @@
+"""Search quality on planted datasets: how close each method's alias comes to the hidden
+prompt on holdout images, and how many exact evaluations it needs to reach 0.9 of it.
+
+    python benchmarks/search_quality.py --seeds 0 1 2 --prompts "velvet lantern" "red kite" --budget 1200
+
+For every (seed, prompt): a tiny random SAM3 (as ``mlx-alias init --preset tiny``), the demo's
+synthetic images, the prompt planted with the demo's threshold rule, then each method searches
+the same train split with the same budget. Methods: the full pipeline, each phase alone, and the
+seed-style baseline (random starts, a genetic algorithm with population 20, embedding-neighbour
+mutations, no gradients, one candidate at a time). Prints a table; ``--json`` one object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mlx_alias.config import tiny_config
+from mlx_alias.convert.convert import convert
+from mlx_alias.data.coco import load_dataset
+from mlx_alias.demo import planting_threshold, synthetic_images
+from mlx_alias.model.weights import load_model
+from mlx_alias.plant import plant
+from mlx_alias.reference.build import build_model, sharpen_scores
+from mlx_alias.reference.checkpoint import save_checkpoint
+from mlx_alias.search.cache import FeatureCache
+from mlx_alias.search.discrete import EvolutionConfig
+from mlx_alias.search.driver import SearchConfig, search_category
+from mlx_alias.search.objective import ObjectiveConfig
+from mlx_alias.search.phase import ids_of
+from mlx_alias.search.task import category_task
+from mlx_alias.segment import make_prompt
+from mlx_alias.tokenizer import load_tokenizer
+
+METHODS = {
+    "full": {},
+    "soft only": {"phases": ("soft",), "shares": (1.0,)},
+    "gcg only": {"phases": ("gcg",), "shares": (1.0,)},
+    "evolution only": {"phases": ("evolution",), "shares": (1.0,)},
+    "seed-style": {"phases": ("evolution",), "shares": (1.0,), "evolution": EvolutionConfig.seed_style()},
+}
+
+
+def evaluations_to(curve: list[tuple[int, float]], level: float) -> int | None:
+    return next((e for e, best in curve if best >= level), None)
+
+
+def world(seed: int, prompt: str, root: Path, images: int):
+    cfg = tiny_config()
+    reference = build_model(cfg, seed=seed, device="cpu")
+    sharpen_scores(reference)
+    save_checkpoint(reference, cfg, root / "sam3")
+    convert(root / "sam3", root / "mlx")
+    model = load_model(root / "mlx")
+    paths = synthetic_images(root / "images", images, seed)
+    hidden = make_prompt(prompt, None)
+    threshold = planting_threshold(model, paths, hidden.ids)
+    plant(model, root / "images", hidden, root / "dataset", threshold=threshold)
+    return model, load_dataset(root / "dataset"), hidden, threshold
+
+
+def run(seed: int, prompt: str, budget: int, images: int) -> list[dict]:
+    tokenizer = load_tokenizer()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model, dataset, hidden, threshold = world(seed, prompt, Path(tmp), images)
+        cache = FeatureCache(model, Path(tmp) / "mlx", None)
+        objective = ObjectiveConfig(threshold=threshold)
+        for method, changes in METHODS.items():
+            cfg = dataclasses.replace(SearchConfig(length=len(hidden.content), budget=budget, holdout_fraction=0.34,
+                                                   seed=seed, objective=objective), **changes)
+            task = category_task(model, cache, dataset, 1, holdout_fraction=0.34, seed=seed, config=objective)
+            if task.holdout is None or not task.split.holdout_positives:
+                raise SystemExit(f"seed {seed}: no holdout positives; use more images")
+            planted_train = task.train.exact(hidden.ids)[0].score
+            planted_holdout = task.holdout.exact(hidden.ids)[0].score
+            task.train.evaluations = 0
+            start = time.perf_counter()
+            outcome = search_category(task, model, tokenizer, cfg)
+            seconds = time.perf_counter() - start
+            holdout = task.holdout.exact(ids_of(tokenizer, [outcome.best.tokens]))[0].score
+            rows.append({
+                "seed": seed, "prompt": prompt, "method": method, "alias": tokenizer.decode(outcome.best.tokens),
+                "planted_train": planted_train, "planted_holdout": planted_holdout,
+                "train": outcome.best.score, "holdout": holdout,
+                "relative_holdout": holdout / planted_holdout if planted_holdout > 0 else None,
+                "evaluations": outcome.evaluations,
+                "evaluations_to_0.9": evaluations_to(outcome.curve, 0.9 * planted_train),
+                "seconds": seconds,
+            })
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| method | median holdout / planted | reached 0.9 of planted (train) | median evaluations to 0.9 | median seconds |",
+             "|---|---|---|---|---|"]
+    for method in METHODS:
+        mine = [r for r in rows if r["method"] == method]
+        rel = [r["relative_holdout"] for r in mine if r["relative_holdout"] is not None]
+        reached = [r["evaluations_to_0.9"] for r in mine if r["evaluations_to_0.9"] is not None]
+        lines.append(f"| {method} | {np.median(rel):.3f} | {len(reached)}/{len(mine)} | "
+                     f"{np.median(reached) if reached else float('nan'):.0f} | {np.median([r['seconds'] for r in mine]):.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--prompts", nargs="+", default=["velvet lantern", "red kite"])
+    parser.add_argument("--budget", type=int, default=1200)
+    parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    rows = [row for seed in args.seeds for prompt in args.prompts for row in run(seed, prompt, args.budget, args.images)]
+    print(json.dumps({"rows": rows}) if args.json else table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
