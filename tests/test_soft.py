@@ -28,7 +28,8 @@ def scorer(mlx_model):
     size = features.levels[0].shape[1]
     box = np.zeros((size, size), bool)
     box[10:40, 20:50] = True
-    targets = [MaskTarget(box[None], np.zeros_like(box)), MaskTarget(np.zeros((0, size, size), bool), np.zeros_like(box))]
+    none = np.zeros_like(box)
+    targets = [MaskTarget(box[None], none), MaskTarget(np.zeros((0, size, size), bool), none)]
     return Scorer(mlx_model, features, targets, CFG)
 
 
@@ -81,7 +82,7 @@ def test_surrogate_rises_and_evaluations_are_counted(mlx_model, scorer):
     while not phase.done:
         found += phase.step()
         values.append(phase.value)
-    assert len(values) == 10 and values[-1] > values[0] + 0.01 and np.mean(values[5:]) > values[0]
+    assert len(values) == 10 and values[-1] > values[0] + 0.05 and np.mean(values[5:]) > values[0]
     assert len(found) == 1 and phase.best.score >= start.score  # the last step scores the projection
     assert scorer.evaluations - before == (found[0].tokens != start.tokens) * scorer.images
 

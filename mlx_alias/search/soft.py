@@ -59,18 +59,18 @@ class SoftPromptPhase:
         if not 1 <= ctx.length <= CONTEXT_LENGTH - 2:
             raise ValueError(f"length must lie in [1, {CONTEXT_LENGTH - 2}], got {ctx.length}")
         self.ctx, self.config = ctx, config
-        self.table = ctx.embeddings().astype(mx.float32)
-        self.index = TokenIndex(self.table, ctx.allowed)
+        table = ctx.embeddings()
+        self.index = TokenIndex(table, ctx.allowed)
         # Our own generator, seeded from the driver's, so that our draws are saved with us.
         self.rng = np.random.default_rng(int(ctx.rng.integers(2**63)))
         ids = start.tokens if config.init == "tokens" else self.rng.choice(np.flatnonzero(ctx.allowed), ctx.length)
-        self.vectors = self.table[mx.array(np.asarray(ids))]  # [length, width] float32
+        self.vectors = self._embed(ids)  # [length, width] float32
         self.m, self.v = mx.zeros_like(self.vectors), mx.zeros_like(self.vectors)
         self.taken = 0  # gradient steps so far
         self.stale = 0  # exact scorings since ``best`` last improved
         self.best: Candidate | None = start
         self.value: float | None = None  # surrogate where the last gradient was taken
-        self.step_size = config.learning_rate * float(mx.sqrt(mx.mean(mx.square(self.table))))
+        self.step_size = config.learning_rate * float(mx.sqrt(mx.mean(mx.square(table.astype(mx.float32)))))
 
         tok, n = ctx.tokenizer, ctx.length
         frame = ctx.model.token_embeddings(mx.array([[tok.sot_id, *[tok.pad_id] * n, tok.eot_id]
@@ -78,6 +78,9 @@ class SoftPromptPhase:
         self._head, self._tail = frame[:, :1], frame[:, n + 1:]  # start; end and padding
         self._padding = mx.array(np.arange(CONTEXT_LENGTH) > n + 1)[None]  # True after the end token
         self._loss_and_grad = mx.value_and_grad(self._loss)
+
+    def _embed(self, ids: tuple[int, ...] | np.ndarray) -> mx.array:
+        return self.ctx.embeddings()[mx.array(np.asarray(ids))].astype(mx.float32)
 
     def _loss(self, vectors: mx.array) -> mx.array:
         embeddings = mx.concatenate([self._head, vectors[None].astype(self._head.dtype), self._tail], axis=1)
@@ -96,10 +99,11 @@ class SoftPromptPhase:
         if self.done:
             return []
         cfg = self.config
-        point = self.table[mx.array(self.projection())] if cfg.pez else self.vectors
+        point = self._embed(self.projection()) if cfg.pez else self.vectors
         loss, grad = self._loss_and_grad(point)
         self.taken += 1
-        self.vectors, self.m, self.v = adam(self.vectors, grad, self.m, self.v, self.taken, self.step_size, cfg.betas, cfg.eps)
+        self.vectors, self.m, self.v = adam(self.vectors, grad, self.m, self.v, self.taken,
+                                            self.step_size, cfg.betas, cfg.eps)
         mx.eval(self.vectors, self.m, self.v)
         self.value = -float(loss)
         if self.taken % cfg.evaluate_every and self.taken < cfg.steps:
