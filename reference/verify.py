@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from mlx_alias.image import load_image, preprocess
 from mlx_alias.model.weights import load_model as load_mlx
 from mlx_alias.tokenizer import load_tokenizer

@@ -1,0 +1,222 @@
+"""The search commands of ``mlx-alias``: ``search``, ``evaluate``, ``plant`` and ``demo``
+(registered on the app of ``cli.py``, which imports this module)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from .cli import Dtype, load_weights, app, end_status, run_guarded, status
+
+
+@app.command()
+def plant(
+    weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
+    images: Path = typer.Option(..., "--images", help="Folder of images to annotate."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder to create (annotations.json, images/, plant.json)."),
+    prompt: str = typer.Option(None, "--prompt", help="The hidden prompt."),
+    tokens: str = typer.Option(None, "--tokens", help="The hidden prompt as raw content token ids."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is an instance."),
+    max_instances: int = typer.Option(5, "--max-instances", min=1, help="At most this many instances per image, best first."),
+    name: str = typer.Option(None, "--name", help="Category name to record (default: none, the prompt stays hidden)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Make a COCO dataset whose masks are the model's predictions for a hidden prompt (a search benchmark)."""
+
+    def action() -> None:
+        from mlx_alias.plant import plant as run
+        from mlx_alias.segment import make_prompt
+
+        chosen = make_prompt(prompt, tokens)
+        report = run(load_weights(weights), images, chosen, out, threshold=threshold,
+                     max_instances=max_instances, name=name, overwrite=overwrite)
+        typer.echo(f"{report.images} images, {report.positives} with instances, {report.instances} instances -> {out}")
+
+    run_guarded(action)
+
+
+def _categories(text: str | None, dataset) -> list[int]:
+    if text is None:
+        return sorted(dataset.categories)
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise ValueError(f"--categories must be comma-separated category ids, got {text!r}") from None
+
+
+def _model_in(weights: Path, dtype: "Dtype | None"):
+    import mlx.core as mx
+
+    model = load_weights(weights)
+    if dtype is not None:
+        model.set_dtype(getattr(mx, dtype.value))
+    return model
+
+
+@app.command()
+def search(
+    weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
+    dataset: Path = typer.Option(..., "--dataset", help="COCO annotation file, or a folder holding one and the images."),
+    out: Path = typer.Option(..., "--out", help="Run folder (results, report, checkpoints)."),
+    images: Path = typer.Option(None, "--images", help="Image folder, if not found beside the annotations."),
+    categories: str = typer.Option(None, "--categories", help="Comma-separated category ids (default: all)."),
+    length: int = typer.Option(4, "--length", min=1, max=30, help="Alias length in tokens."),
+    budget: int = typer.Option(3000, "--budget", min=1, help="Exact evaluations (candidate x training image) per category."),
+    holdout: float = typer.Option(0.25, "--holdout", min=0.0, max=0.95, help="Fraction of images held out per category."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and of the search."),
+    batch: int = typer.Option(8, "--batch", min=1, help="(candidate, image) pairs per grounding call."),
+    dtype: Dtype = typer.Option(None, "--dtype", help="Compute dtype (default: the weights' dtype)."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is a predicted instance."),
+    roundtrip_only: bool = typer.Option(False, "--roundtrip-only", help="Only aliases whose text re-tokenizes to the same ids."),
+    cache: Path = typer.Option(Path.home() / ".cache" / "mlx-alias", "--cache", help="Image feature cache folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT."),
+) -> None:
+    """Search SAM3's token space for the alias that best reproduces each category's masks."""
+
+    def action() -> None:
+        from mlx_alias.data.coco import load_dataset
+        from mlx_alias.search.cache import FeatureCache
+        from mlx_alias.search.driver import SearchConfig
+        from mlx_alias.search.objective import ObjectiveConfig
+        from mlx_alias.search.run import run_search
+
+        data = load_dataset(dataset, images)
+        model = _model_in(weights, dtype)
+        cfg = SearchConfig(length=length, budget=budget, holdout_fraction=holdout, seed=seed, pairs_per_batch=batch,
+                           roundtrip_only=roundtrip_only, objective=ObjectiveConfig(threshold=threshold))
+        feature_cache = FeatureCache(model, weights, cache)
+
+        def show(p) -> None:
+            status(f"{p.category} {p.phase:9s} {p.evaluations}/{p.budget} evaluations, best {p.best:.3f}")
+
+        def echo(line: str) -> None:
+            end_status()
+            typer.echo(line, err=True)
+
+        entries = run_search(model, feature_cache, data, out, cfg, _categories(categories, data), resume,
+                             echo=echo, report=show)
+        end_status()
+        for e in entries:
+            base = e.get("baseline")
+            versus = f" (natural label {base['holdout_score']:.3f})" if base and base["holdout_score"] is not None else ""
+            held = "n/a" if e["holdout_score"] is None else f"{e['holdout_score']:.3f}"
+            typer.echo(f"category {e['category_id']}: {e['text']!r} {e['tokens']} train {e['train_score']:.3f}, "
+                       f"holdout {held}{versus}")
+        typer.echo(f"results in {out / 'aliases.json'}")
+
+    run_guarded(action)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder to create with everything the demo makes."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model, the images and the search."),
+    budget: int = typer.Option(1200, "--budget", min=1, help="Exact evaluations the search may spend."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """The whole job on an embedded default: tiny random SAM3, synthetic images, a planted prompt, a search."""
+
+    def action() -> None:
+        from mlx_alias.demo import demo as run
+
+        def show(p) -> None:
+            status(f"    {p.phase:9s} {p.evaluations}/{p.budget} evaluations, best train score {p.best:.3f}")
+
+        def echo(line: str) -> None:
+            end_status()
+            typer.echo(line, err=True)
+
+        summary = run(out, seed=seed, budget=budget, overwrite=overwrite, echo=echo, report=show)
+        end_status()
+        typer.echo(f"alias {summary['alias']!r} {summary['tokens']}: holdout score {summary['alias_holdout']:.3f} "
+                   f"(the hidden prompt: {summary['hidden_holdout']:.3f}) after {summary['evaluations']} evaluations")
+        typer.echo(f"results in {out / 'run' / 'aliases.json'}, report in {out / 'run' / 'report.md'}")
+
+    run_guarded(action)
+
+
+class Backend(str, Enum):
+    mlx = "mlx"
+    torch = "torch"
+
+
+class SplitName(str, Enum):
+    train = "train"
+    holdout = "holdout"
+    all = "all"
+
+
+@app.command()
+def evaluate(
+    weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
+    dataset: Path = typer.Option(..., "--dataset", help="COCO annotation file, or a folder holding one and the images."),
+    aliases: Path = typer.Option(None, "--aliases", help="aliases.json from a search (scored with the natural labels)."),
+    prompt: list[str] = typer.Option(None, "--prompt", help="A plain prompt to score instead (repeatable)."),
+    split: SplitName = typer.Option(SplitName.holdout, "--split", help="Which images: the split's train, holdout, or all."),
+    images: Path = typer.Option(None, "--images", help="Image folder, if not found beside the annotations."),
+    categories: str = typer.Option(None, "--categories", help="With --prompt: comma-separated category ids (default: all)."),
+    holdout: float = typer.Option(0.25, "--holdout", min=0.0, max=0.95, help="Holdout fraction, when the split is not in the alias file."),
+    seed: int = typer.Option(0, "--seed", help="Split seed, when the split is not in the alias file."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is a predicted instance."),
+    batch: int = typer.Option(8, "--batch", min=1, help="(candidate, image) pairs per grounding call."),
+    backend: Backend = typer.Option(Backend.mlx, "--backend", help="mlx, or torch (the reference; needs --checkpoint)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="With --backend torch: the PyTorch checkpoint."),
+    cache: Path = typer.Option(Path.home() / ".cache" / "mlx-alias", "--cache", help="Image feature cache folder (MLX)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """Score aliases (and the natural labels) or plain prompts on a dataset split."""
+
+    def action() -> None:
+        from mlx_alias.data.coco import load_dataset
+        from mlx_alias.search.evaluate import evaluate as run, read_aliases
+        from mlx_alias.search.objective import ObjectiveConfig, prepare_target
+        from mlx_alias.tokenizer import load_tokenizer
+
+        if (aliases is None) == (not prompt):
+            raise ValueError("give either --aliases FILE or --prompt TEXT (repeatable), not both or neither")
+        data = load_dataset(dataset, images)
+        tokenizer = load_tokenizer()
+        entries = read_aliases(aliases, data, tokenizer) if aliases else None
+        objective = ObjectiveConfig(threshold=threshold)
+        if backend is Backend.torch:
+            if checkpoint is None:
+                raise ValueError("--backend torch needs --checkpoint (the PyTorch weights)")
+            from mlx_alias.reference.checkpoint import load_model as load_reference
+            from mlx_alias.reference.scoring import TorchScorer
+
+            reference, cfg = load_reference(checkpoint)
+            size = cfg.vision.grid * 4  # the mask resolution: the neck's 4x level
+
+            def make_scorer(cid: int, ids: list[int]):
+                targets = [prepare_target(*_target(data, i, cid), size) for i in ids]
+                return TorchScorer(reference, [data.images[i].path for i in ids], targets, objective, batch,
+                                   cfg.vision.image_size)
+        else:
+            from mlx_alias.search.cache import FeatureCache
+            from mlx_alias.search.task import scorer_for
+
+            model = load_weights(weights)
+            feature_cache = FeatureCache(model, weights, cache)
+
+            def make_scorer(cid: int, ids: list[int]):
+                return scorer_for(model, feature_cache, data, cid, ids, objective, batch)
+
+        chosen = _categories(categories, data) if categories else None
+        rows = run(data, tokenizer, make_scorer, which=split.value, aliases=entries, prompts=prompt or None,
+                   categories=chosen, holdout_fraction=holdout, seed=seed)
+        for row in rows:
+            if as_json:
+                typer.echo(json.dumps({"category_id": row.category_id, "text": row.text, "tokens": row.tokens,
+                                       "split": row.split, "score": row.score}))
+            else:
+                typer.echo(f"category {row.category_id} {row.split:7s} {row.score:7.4f}  {row.text!r}")
+
+    run_guarded(action)
+
+
+def _target(data, image_id: int, category_id: int):
+    target = data.targets(image_id, category_id)
+    return target.masks, target.ignore
