@@ -9,6 +9,7 @@ the objective's maximum (1).
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,7 +93,8 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
                     report: Callable[[Progress], None] = lambda p: None) -> Outcome:
     """Run (or resume, if ``state_path`` holds a checkpoint) the search of one category."""
     allowed = allowed_tokens(tokenizer, cfg.roundtrip_only)
-    keep = (lambda t: tokenizer.roundtrips(t)) if cfg.roundtrip_only else (lambda t: True)
+    # each candidate's round trip is checked once, not at every ranking
+    keep = functools.lru_cache(maxsize=None)(tokenizer.roundtrips) if cfg.roundtrip_only else (lambda t: True)
     ctx = SearchContext(model, task.train, tokenizer, allowed, cfg.length,
                         np.random.default_rng([cfg.seed, task.category.id]))
     label = task.category.label
@@ -113,7 +115,8 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
     def best_so_far() -> Candidate:
         return (_top(ctx.seen, 1, keep) or _top(ctx.seen, 1, lambda t: True))[0]
 
-    while index < len(cfg.phases) and best_so_far().score < PERFECT:
+    best = best_so_far()
+    while index < len(cfg.phases) and best.score < PERFECT:
         name = cfg.phases[index]
         limit = int(cfg.budget * sum(cfg.shares[: index + 1]))
         if saved is not None:
@@ -124,10 +127,11 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
         if saved is not None:
             phase.restore(saved["phase"])
             saved = None
-        while not phase.done and task.train.evaluations < limit and best_so_far().score < PERFECT:
+        while not phase.done and task.train.evaluations < limit and best.score < PERFECT:
             phase.step()
-            curve.append((task.train.evaluations, best_so_far().score))
-            report(Progress(label, name, task.train.evaluations, cfg.budget, best_so_far().score))
+            best = best_so_far()
+            curve.append((task.train.evaluations, best.score))
+            report(Progress(label, name, task.train.evaluations, cfg.budget, best.score))
             if state_path is not None:
                 state = {"version": STATE_VERSION, "seen": ctx.seen, "evaluations": task.train.evaluations,
                          "curve": curve, "index": index, "starts": starts, "rng_before_phase": rng_before,
@@ -135,4 +139,4 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
                 atomic_write_bytes(state_path, pickle.dumps(state))
         index += 1
         starts = _top(ctx.seen, max(cfg.evolution.population, 1), keep) or starts
-    return Outcome(best_so_far(), task.train.evaluations, curve)
+    return Outcome(best, task.train.evaluations, curve)
