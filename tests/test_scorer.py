@@ -59,3 +59,24 @@ def test_surrogate_is_differentiable(search_model, setup):
     assert float(mx.abs(grad[0, 1:4]).sum()) > 0  # the prompt's tokens get a gradient
     assert float(mx.abs(grad[0, 5:]).sum()) == 0  # padding after the end token does not
     assert TextFeatures  # the scorer builds text features the model's way
+
+
+def test_masks_only_where_the_objective_reads_them(search_model, setup):
+    features, targets = setup
+    ids = load_tokenizer()(["a red car", "dog"])
+    scorer = Scorer(search_model, features, targets, CFG)
+    text = scorer._encode(ids)
+    pairs = [(c, i) for c in range(2) for i in range(3)]
+    scores, masks = scorer._ground(text, [c for c, _ in pairs], [i for _, i in pairs])
+    full = search_model.ground(features, TextFeatures(text.memory[mx.array([c for c, _ in pairs])],
+                                                      text.padding[mx.array([c for c, _ in pairs])]),
+                               mx.array([i for _, i in pairs]))
+    np.testing.assert_allclose(scores, np.array(full.scores), atol=1e-6)
+    computed = 0
+    for k, (_, i) in enumerate(pairs):
+        expected = targets[i].masks.shape[0] > 0 and (scores[k] > CFG.threshold).any()
+        assert (masks[k] is not None) == expected
+        if expected:
+            computed += 1
+            np.testing.assert_allclose(masks[k], np.array(full.masks[k]), atol=1e-5)
+    assert 0 < computed < len(pairs)  # some pairs need masks (the planted prompt) and some do not

@@ -4,7 +4,7 @@ pixels -> ``encode_image`` (cache it); token ids or input embeddings -> text fea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -39,8 +39,33 @@ class Grounding:
 
     @property
     def scores(self) -> mx.array:
-        """The official per-query score, sigmoid(logit) * sigmoid(presence), [B, Q]."""
-        return mx.sigmoid(self.logits) * mx.sigmoid(self.presence)[:, None]
+        return official_scores(self.logits, self.presence)
+
+
+@dataclass
+class Detection:
+    """``Sam3.detect``'s per-pair outputs, and what the segmentation head needs of them."""
+
+    logits: mx.array  # [B, Q]
+    presence: mx.array  # [B]
+    boxes: mx.array  # [B, Q, 4]
+    image_index: mx.array  # [B] the image of each pair
+    memory: mx.array  # [B, tokens, d_model] the fusion encoder's output
+    queries: mx.array  # [B, Q, d_model] the decoder's last-layer queries
+    prompt: mx.array  # [B, P, d_model]
+    padding: mx.array  # [B, P]
+
+    @property
+    def scores(self) -> mx.array:
+        return official_scores(self.logits, self.presence)
+
+    def take(self, rows: mx.array) -> Detection:
+        return Detection(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+
+def official_scores(logits: mx.array, presence: mx.array) -> mx.array:
+    """sam3's per-query score, sigmoid(logit) * sigmoid(presence), [B, Q]."""
+    return mx.sigmoid(logits) * mx.sigmoid(presence)[:, None]
 
 
 class VisionEncoder(nn.Module):
@@ -93,6 +118,13 @@ class Sam3(nn.Module):
         """B prompts against cached image features: prompt b against image ``image_index[b]``
         (all against image 0 when not given). Differentiable end to end with respect to the
         text features, hence to the input embeddings."""
+        detection = self.detect(image, text, image_index)
+        masks, semantic = self.segment(image, detection)
+        return Grounding(logits=detection.logits, presence=detection.presence, boxes=detection.boxes,
+                         masks=masks, semantic=semantic)
+
+    def detect(self, image: ImageFeatures, text: TextFeatures, image_index: mx.array | None = None) -> Detection:
+        """``ground`` up to the scores and boxes: the fusion encoder, decoder and scoring."""
         batch = text.memory.shape[0]
         if image_index is None:
             image_index = mx.zeros((batch,), dtype=mx.int32)
@@ -106,7 +138,14 @@ class Sam3(nn.Module):
         memory = self.detr_encoder(tokens[image_index], positions, prompt, padding)
         decoded = self.detr_decoder(memory, positions, (height, width), prompt, padding)
         logits = self.dot_product_scoring(decoded.queries, prompt, padding)
-        levels = [level[image_index] for level in image.levels]
-        masks, semantic = self.mask_decoder(levels, memory, decoded.queries, prompt, padding)
-        return Grounding(logits=logits[..., 0], presence=decoded.presence_logit[:, 0], boxes=decoded.boxes,
-                         masks=masks, semantic=semantic)
+        return Detection(logits=logits[..., 0], presence=decoded.presence_logit[:, 0], boxes=decoded.boxes,
+                         image_index=image_index, memory=memory, queries=decoded.queries, prompt=prompt,
+                         padding=padding)
+
+    def segment(self, image: ImageFeatures, detection: Detection, rows: mx.array | None = None) -> tuple[mx.array, mx.array]:
+        """The segmentation head on a detection's pairs (only ``rows`` of them, when given: the
+        search skips pairs whose masks its objective never reads) -> (mask logits [R, Q, H, W],
+        semantic logits [R, H, W])."""
+        d = detection if rows is None else detection.take(rows)
+        levels = [level[d.image_index] for level in image.levels]
+        return self.mask_decoder(levels, d.memory, d.queries, d.prompt, d.padding)

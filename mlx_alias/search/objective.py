@@ -89,8 +89,10 @@ def _greedy_match(iou: np.ndarray) -> list[tuple[int, int]]:
     return pairs
 
 
-def score_image(scores: np.ndarray, mask_logits: np.ndarray, target: MaskTarget, config: ObjectiveConfig) -> ImageResult:
-    """The exact per-image quality of one prompt: ``scores`` [Q], ``mask_logits`` [Q, h, w]."""
+def score_image(scores: np.ndarray, mask_logits: np.ndarray | None, target: MaskTarget,
+                config: ObjectiveConfig) -> ImageResult:
+    """The exact per-image quality of one prompt: ``scores`` [Q], ``mask_logits`` [Q, h, w]
+    (read only on a positive image with a prediction, so None is accepted elsewhere)."""
     chosen = np.flatnonzero(scores > config.threshold)
     n = target.masks.shape[0]
     if chosen.size == 0 or n == 0:

@@ -8,6 +8,7 @@ on one image with the exact objective.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -43,7 +44,8 @@ class DenseTargets:
 class ExactScorer:
     """The exact objective of candidates over fixed images, batched over (candidate, image)
     pairs; a backend supplies ``_encode`` (token rows -> text features) and ``_ground`` (a
-    chunk of pairs -> official scores [P, Q] and mask logits [P, Q, h, w] as numpy)."""
+    chunk of pairs -> official scores [P, Q] and, per pair, mask logits [Q, h, w] as numpy, or
+    None where the objective does not read them: see ``needs_masks``)."""
 
     def __init__(self, targets: list[MaskTarget], config: ObjectiveConfig, pairs_per_batch: int):
         self.targets, self.config, self.pairs_per_batch = targets, config, pairs_per_batch
@@ -56,8 +58,13 @@ class ExactScorer:
     def _encode(self, ids: np.ndarray):
         raise NotImplementedError
 
-    def _ground(self, text, candidates: list[int], images: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _ground(self, text, candidates: list[int], images: list[int]) -> tuple[np.ndarray, Sequence[np.ndarray | None]]:
         raise NotImplementedError
+
+    def needs_masks(self, scores: np.ndarray, image: int) -> bool:
+        """Whether ``score_image`` reads the masks of a pair: only on a positive image with at
+        least one predicted instance (otherwise the quality is 0 or 1 from the scores alone)."""
+        return self.targets[image].masks.shape[0] > 0 and bool((scores > self.config.threshold).any())
 
     def exact(self, ids: np.ndarray) -> list[SplitScore]:
         """Token id rows [C, context] -> each candidate's split score over all images."""
@@ -88,11 +95,19 @@ class Scorer(ExactScorer):
     def _encode(self, ids: np.ndarray) -> TextFeatures:
         return self.model.encode_text(mx.array(ids))
 
-    def _ground(self, text: TextFeatures, candidates: list[int], images: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _ground(self, text: TextFeatures, candidates: list[int], images: list[int]) -> tuple[np.ndarray, list[np.ndarray | None]]:
         which = mx.array(candidates)
-        grounded = self.model.ground(self.features, TextFeatures(text.memory[which], text.padding[which]),
-                                     mx.array(images))
-        return np.array(grounded.scores.astype(mx.float32)), np.array(grounded.masks.astype(mx.float32))
+        detection = self.model.detect(self.features, TextFeatures(text.memory[which], text.padding[which]),
+                                      mx.array(images))
+        scores = np.array(detection.scores.astype(mx.float32))
+        # The segmentation head (about a third of grounding's work) runs only where it counts.
+        needed = [k for k, image in enumerate(images) if self.needs_masks(scores[k], image)]
+        masks: list[np.ndarray | None] = [None] * len(images)
+        if needed:
+            logits, _ = self.model.segment(self.features, detection, mx.array(needed))
+            for k, row in zip(needed, np.array(logits.astype(mx.float32))):
+                masks[k] = row
+        return scores, masks
 
     def surrogate(self, embeddings: mx.array, padding: mx.array) -> mx.array:
         """One soft prompt ([1, L, width] input embeddings, [1, L] padding) -> the surrogate
