@@ -74,16 +74,15 @@ def run(seed: int, prompt: str, budget: int, images: int) -> list[dict]:
         cache = FeatureCache(model, Path(tmp) / "mlx", None)
         objective = ObjectiveConfig(threshold=threshold)
         for method, changes in METHODS.items():
-            cfg = dataclasses.replace(SearchConfig(length=len(hidden.content), budget=budget, holdout_fraction=0.34,
+            cfg = dataclasses.replace(SearchConfig(lengths=(len(hidden.content),), budget=budget, holdout_fraction=0.34,
                                                    seed=seed, objective=objective), **changes)
             task = category_task(model, cache, dataset, 1, holdout_fraction=0.34, seed=seed, config=objective)
             if task.holdout is None or not task.split.holdout_positives:
                 raise SystemExit(f"seed {seed}: no holdout positives; use more images")
             planted_train = task.train.exact(hidden.ids)[0].score
             planted_holdout = task.holdout.exact(hidden.ids)[0].score
-            task.train.evaluations = 0
             start = time.perf_counter()
-            outcome = search_category(task, model, tokenizer, cfg)
+            outcome = search_category(task, model, tokenizer, cfg, len(hidden.content))
             seconds = time.perf_counter() - start
             holdout = task.holdout.exact(ids_of(tokenizer, [outcome.best.tokens]))[0].score
             rows.append({

@@ -63,8 +63,10 @@ def search(
     out: Path = typer.Option(..., "--out", help="Run folder (results, report, checkpoints)."),
     images: Path = typer.Option(None, "--images", help="Image folder, if not found beside the annotations."),
     categories: str = typer.Option(None, "--categories", help="Comma-separated category ids (default: all)."),
-    length: int = typer.Option(4, "--length", min=1, max=30, help="Alias length in tokens."),
-    budget: int = typer.Option(3000, "--budget", min=1, help="Exact evaluations (candidate x training image) per category."),
+    lengths: list[int] = typer.Option([4], "--length", min=1, max=30,
+                                      help="Alias length in tokens; repeat to search several (the best is kept)."),
+    budget: int = typer.Option(3000, "--budget", min=1,
+                               help="Exact evaluations (candidate x training image) per category and length."),
     holdout: float = typer.Option(0.25, "--holdout", min=0.0, max=0.95, help="Fraction of images held out per category."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and of the search."),
     batch: int = typer.Option(8, "--batch", min=1, help="(candidate, image) pairs per grounding call."),
@@ -85,12 +87,12 @@ def search(
 
         data = load_dataset(dataset, images)
         model = _model_in(weights, dtype)
-        cfg = SearchConfig(length=length, budget=budget, holdout_fraction=holdout, seed=seed, pairs_per_batch=batch,
+        cfg = SearchConfig(lengths=tuple(dict.fromkeys(lengths)), budget=budget, holdout_fraction=holdout, seed=seed, pairs_per_batch=batch,
                            roundtrip_only=roundtrip_only, objective=ObjectiveConfig(threshold=threshold))
         feature_cache = FeatureCache(model, weights, cache)
 
         def show(p) -> None:
-            status(f"{p.category} {p.phase:9s} {p.evaluations}/{p.budget} evaluations, best {p.best:.3f}")
+            status(f"{p.category} length {p.length} {p.phase:9s} {p.evaluations}/{p.budget} evaluations, best {p.best:.3f}")
 
         def echo(line: str) -> None:
             end_status()

@@ -103,9 +103,9 @@ def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report
     echo(f"    {planted.positives} of {planted.images} images hold {planted.instances} instances")
     dataset = load_dataset(out / "dataset")
     cache = FeatureCache(model, out / "weights", out / "cache")
-    search = SearchConfig(length=len(load_tokenizer().encode(HIDDEN_PROMPT)), budget=budget,
+    search = SearchConfig(lengths=(len(load_tokenizer().encode(HIDDEN_PROMPT)),), budget=budget,
                           holdout_fraction=0.34, seed=seed, objective=ObjectiveConfig(threshold=threshold))
-    echo(f"4/4 searching ({search.length}-token aliases, {budget} evaluations)")
+    echo(f"4/4 searching ({search.lengths[0]}-token aliases, {budget} evaluations)")
     entries = run_search(model, cache, dataset, out / "run", search, sorted(dataset.categories), echo=echo, report=report)
     def make_scorer(cid: int, ids: list[int]):
         return scorer_for(model, cache, dataset, cid, ids, search.objective, search.pairs_per_batch)

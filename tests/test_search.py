@@ -91,27 +91,33 @@ def test_interrupted_search_resumes_to_the_same_end(search_weights, planted, tmp
     from mlx_alias.search import driver
 
     dataset, threshold = planted
-    whole = run_cli(*search_args(search_weights, dataset, tmp_path / "whole", threshold, tmp_path))
+    lengths = ("--length", 1)  # with search_args' 2: two lengths, the kill lands in the second
+    whole = run_cli(*search_args(search_weights, dataset, tmp_path / "whole", threshold, tmp_path, *lengths))
     assert whole.exit_code == 0, whole.output
     steps = {"n": 0}
     original = driver.atomic_write_bytes
 
-    def killed_after_two(path, data):
+    def killed_in_the_second_length(path, data):
         original(path, data)
-        steps["n"] += 1
-        if steps["n"] == 2:
+        steps["n"] += path.name.endswith("-1.pkl")
+        if steps["n"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(driver, "atomic_write_bytes", killed_after_two)
-    broken = run_cli(*search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path))
+    monkeypatch.setattr(driver, "atomic_write_bytes", killed_in_the_second_length)
+    broken = run_cli(*search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path, *lengths))
     clean_failure(broken, "interrupted")
     assert not (tmp_path / "cut" / "aliases.json").exists()
     monkeypatch.setattr(driver, "atomic_write_bytes", original)
-    resumed = run_cli(*search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path, "--resume"))
+    resumed = run_cli(*search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path, *lengths, "--resume"))
     assert resumed.exit_code == 0, resumed.output
     a = json.loads((tmp_path / "whole" / "aliases.json").read_text())
     b = json.loads((tmp_path / "cut" / "aliases.json").read_text())
     assert a == b
+    entry = a[0]
+    assert [e["length"] for e in entry["lengths"]] == [2, 1]
+    assert entry["train_score"] == max(e["train_score"] for e in entry["lengths"])
+    assert entry["evaluations"] == sum(e["evaluations"] for e in entry["lengths"])
+    assert "1-token best" in (tmp_path / "cut" / "report.md").read_text()
 
 
 def test_search_bad_input(search_weights, planted, tmp_path):

@@ -34,8 +34,8 @@ STATE_VERSION = 1
 
 @dataclass
 class SearchConfig:
-    length: int = 4  # alias length in tokens
-    budget: int = 3000  # exact evaluations per category
+    lengths: tuple[int, ...] = (4,)  # alias lengths in tokens, each searched; the best is kept
+    budget: int = 3000  # exact evaluations per category and length
     holdout_fraction: float = 0.25
     seed: int = 0
     roundtrip_only: bool = False  # the alias must survive decode -> encode, to paste as text
@@ -52,6 +52,7 @@ class SearchConfig:
 @dataclass
 class Progress:
     category: str
+    length: int
     phase: str
     evaluations: int
     budget: int
@@ -88,14 +89,15 @@ def _top(seen: dict[tuple[int, ...], float], count: int, keep: Callable[[tuple[i
     return [Candidate(t, s) for s, t in ranked[:count]]
 
 
-def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: SearchConfig,
+def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: SearchConfig, length: int,
                     state_path: Path | None = None,
                     report: Callable[[Progress], None] = lambda p: None) -> Outcome:
-    """Run (or resume, if ``state_path`` holds a checkpoint) the search of one category."""
+    """Run (or resume, if ``state_path`` holds a checkpoint) the search of one category for
+    aliases of ``length`` tokens. A finished search's checkpoint gives back its outcome."""
     allowed = allowed_tokens(tokenizer, cfg.roundtrip_only)
     # each candidate's round trip is checked once, not at every ranking
     keep = functools.lru_cache(maxsize=None)(tokenizer.roundtrips) if cfg.roundtrip_only else (lambda t: True)
-    ctx = SearchContext(model, task.train, tokenizer, allowed, cfg.length,
+    ctx = SearchContext(model, task.train, tokenizer, allowed, length,
                         np.random.default_rng([cfg.seed, task.category.id]))
     label = task.category.label
     saved = pickle.loads(state_path.read_bytes()) if state_path and state_path.is_file() else None
@@ -105,9 +107,10 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
         curve, index, starts = saved["curve"], saved["index"], saved["starts"]
     else:
         saved = None
+        task.train.evaluations = 0  # the budget counts this length's evaluations only
         natural = tokenizer.encode(task.category.name) if task.category.name else []
-        first = [_fit(natural, cfg.length, allowed, ctx.rng)] if natural else []
-        first += [tuple(int(t) for t in ctx.rng.choice(np.flatnonzero(allowed), cfg.length))
+        first = [_fit(natural, length, allowed, ctx.rng)] if natural else []
+        first += [tuple(int(t) for t in ctx.rng.choice(np.flatnonzero(allowed), length))
                   for _ in range(cfg.random_starts)]
         starts = ctx.evaluate(first)
         curve, index = [(task.train.evaluations, max(c.score for c in starts))], 0
@@ -131,7 +134,7 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
             phase.step()
             best = best_so_far()
             curve.append((task.train.evaluations, best.score))
-            report(Progress(label, name, task.train.evaluations, cfg.budget, best.score))
+            report(Progress(label, length, name, task.train.evaluations, cfg.budget, best.score))
             if state_path is not None:
                 state = {"version": STATE_VERSION, "seen": ctx.seen, "evaluations": task.train.evaluations,
                          "curve": curve, "index": index, "starts": starts, "rng_before_phase": rng_before,

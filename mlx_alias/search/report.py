@@ -105,6 +105,9 @@ def write_report(model: Sam3, dataset: Dataset, entries: list[dict], threshold: 
         lines += [f"## {label}", "", "| prompt | tokens | re-tokenizes | train | holdout |", "|---|---|---|---|---|",
                   f"| alias `{entry['text']}` | {entry['tokens']} | {'yes' if entry['roundtrip'] else 'no'} | "
                   f"{_score(entry['train_score'])} | {_score(entry['holdout_score'])} |"]
+        if len(entry.get("lengths", [])) > 1:  # the best alias of each searched length
+            lines += [f"| {e['length']}-token best `{e['text']}` | {e['tokens']} | | {_score(e['train_score'])} | |"
+                      for e in entry["lengths"]]
         if entry.get("baseline"):
             base = entry["baseline"]
             lines.append(f"| natural label `{base['text']}` | | | {_score(base['train_score'])} | {_score(base['holdout_score'])} |")

@@ -62,6 +62,17 @@ def score_texts(task_scorer, tokenizer, texts: list[str]) -> list[float]:
     return [r.score for r in task_scorer.exact(tokenizer(texts))]
 
 
+def _joined_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The lengths' score curves one after another: (evaluations spent in all, best so far)."""
+    joined, spent, best = [], 0, -float("inf")
+    for curve in curves:
+        for evaluations, score in curve:
+            best = max(best, score)
+            joined.append((spent + evaluations, best))
+        spent += curve[-1][0]
+    return joined
+
+
 def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path, cfg: SearchConfig,
                categories: list[int], resume: bool = False,
                echo: Callable[[str], None] = print, report: Callable[[Progress], None] = lambda p: None) -> list[dict]:
@@ -76,9 +87,11 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
         task = category_task(model, cache, dataset, category_id, holdout_fraction=cfg.holdout_fraction,
                              seed=cfg.seed, config=cfg.objective, pairs_per_batch=cfg.pairs_per_batch)
         echo(f"{task.category.label}: {describe(task.split)}")
-        state = run_dir / "state" / f"{category_id}.pkl"
-        outcome = search_category(task, model, tokenizer, cfg, state, report)
-        best = outcome.best
+        states = [run_dir / "state" / f"{category_id}-{length}.pkl" for length in cfg.lengths]
+        outcomes = [search_category(task, model, tokenizer, cfg, length, state, report)
+                    for length, state in zip(cfg.lengths, states)]
+        # the best train score; of equals, the shortest alias
+        best = max((o.best for o in outcomes), key=lambda c: (c.score, -len(c.tokens)))
         entry = {
             "category_id": category_id,
             "name": task.category.name,
@@ -87,9 +100,12 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
             "roundtrip": tokenizer.roundtrips(best.tokens),
             "train_score": best.score,
             "holdout_score": task.holdout.exact(ids_of(tokenizer, [best.tokens]))[0].score if task.holdout else None,
-            "evaluations": outcome.evaluations,
+            "evaluations": sum(o.evaluations for o in outcomes),
             "split": dataclasses.asdict(task.split),
-            "curve": outcome.curve,
+            "curve": _joined_curve([o.curve for o in outcomes]),
+            "lengths": [{"length": len(o.best.tokens), "tokens": list(o.best.tokens),
+                         "text": tokenizer.decode(o.best.tokens), "train_score": o.best.score,
+                         "evaluations": o.evaluations} for o in outcomes],
         }
         if task.category.name:
             name = task.category.name
@@ -100,7 +116,8 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
             }
         entries.append(entry)
         _write_json(run_dir / "aliases.json", entries)
-        state.unlink(missing_ok=True)
+        for state in states:
+            state.unlink(missing_ok=True)
         mx.clear_cache()
     write_report(model, dataset, entries, cfg.objective.threshold, run_dir)
     return entries
