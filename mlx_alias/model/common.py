@@ -35,7 +35,8 @@ def attend(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | str | None = 
 # CPU. The same attention is computed here in 1.2 s (torch: 0.5 s), closer to the exact result:
 #   - exp as 2**n * 2**f with Cephes' polynomial for 2**f (the one MLX's exp uses), in
 #     mx.compile'd kernels that the CPU JIT vectorises: branch-free, because the exponents are
-#     clamped before they reach them;
+#     clamped before they reach them (under mx.grad MLX runs compiled functions op by op: 4x
+#     slower there, still faster than mx.exp; mx.compile around the whole step fuses them);
 #   - the softmax denominator from the probabilities @ [v, 1] matmul: BLAS sums blockwise where
 #     MLX's sum runs one float32 accumulator over 5,184 terms (output 7.8e-7 from float64, as
 #     torch, instead of 4.6e-6);
@@ -91,27 +92,34 @@ def _softmax_numerators_vjp(primals: tuple[mx.array], cotangent: mx.array, outpu
 def _attend_cpu(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
     """``attend`` for the CPU (see above), in float32, returned in q's dtype. A block holds whole
     (batch, head) pairs when their scores fit, else rows of one pair: thin matmuls (a few query
-    rows of many pairs) ran 2-3x slower."""
+    rows of many pairs) ran 2-3x slower. Blocks are cut with mx.split, not slices: the gradient
+    of each slice is a zero array the size of the whole input."""
     batch, heads, length, dim = q.shape
     keys, pairs, dtype = k.shape[2], batch * heads, q.dtype
     q = q.astype(mx.float32).reshape(pairs, length, dim) * dim**-0.5
     k = k.astype(mx.float32).reshape(pairs, keys, dim).swapaxes(1, 2)
     v = v.astype(mx.float32).reshape(pairs, keys, v.shape[-1])
     v = mx.concatenate([v, mx.ones((pairs, keys, 1), mx.float32)], axis=-1)  # [v, 1]: see above
-    if mask is not None:
-        mask = mx.broadcast_to(mask, (batch, heads, mask.shape[-2] if mask.ndim > 1 else 1, keys))
-        mask = mask.reshape(pairs, -1, keys)
     step = max(1, _BLOCK_SCORES // (length * keys))
     rows = length if step > 1 else max(1, _BLOCK_SCORES // keys)
+    cuts, row_cuts = list(range(step, pairs, step)), list(range(rows, length, rows))
+    masks = [None] * (len(cuts) + 1)
+    if mask is not None:
+        mask = mx.broadcast_to(mask, (batch, heads, mask.shape[-2] if mask.ndim > 1 else 1, keys))
+        masks = mx.split(mask.reshape(pairs, -1, keys), cuts)
     out = []
-    for p in range(0, pairs, step):
+    for q_pairs, k_pairs, v_pairs, mask_pairs in zip(mx.split(q, cuts), mx.split(k, cuts), mx.split(v, cuts),
+                                                      masks):
+        row_masks = [mask_pairs] * (len(row_cuts) + 1)
+        if mask_pairs is not None and mask_pairs.shape[1] > 1:
+            row_masks = mx.split(mask_pairs, row_cuts, axis=1)
         parts = []
-        for r in range(0, length, rows):
-            scores = q[p: p + step, r: r + rows] @ k[p: p + step]
-            if mask is not None:
-                part = mask[p: p + step, r: r + rows] if mask.shape[1] > 1 else mask[p: p + step]
-                scores = mx.where(part, scores, -mx.inf) if part.dtype == mx.bool_ else scores + part
-            summed = _softmax_numerators(scores) @ v[p: p + step]  # [weighted values, total]
+        for q_rows, mask_rows in zip(mx.split(q_pairs, row_cuts, axis=1), row_masks):
+            scores = q_rows @ k_pairs
+            if mask_rows is not None:
+                scores = (mx.where(mask_rows, scores, -mx.inf) if mask_rows.dtype == mx.bool_
+                          else scores + mask_rows)
+            summed = _softmax_numerators(scores) @ v_pairs  # [weighted values, total]
             parts.append(summed[..., :-1] / summed[..., -1:])
         out.append(mx.concatenate(parts, axis=1))
     return mx.concatenate(out, axis=0).reshape(batch, heads, length, -1).astype(dtype)
