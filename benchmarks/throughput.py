@@ -65,7 +65,7 @@ from mlx_alias.reference.parity import nchw
 from mlx_alias.reference.scoring import TorchScorer
 from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, prepare_target
 from mlx_alias.search.phase import ids_of
-from mlx_alias.search.scorer import DenseTargets, Scorer
+from mlx_alias.search.scorer import DenseTargets, ExactScorer, Scorer
 from mlx_alias.tokenizer import load_tokenizer
 
 CANDIDATE_LENGTH = 3  # content tokens per random candidate
@@ -176,6 +176,13 @@ def torch_surrogate(scores: torch.Tensor, mask_logits: torch.Tensor, targets: to
 
 # --- the two sides -----------------------------------------------------------------------------
 
+def exact_stage(scorer: ExactScorer, ids: np.ndarray, repeats: int) -> dict[str, Any]:
+    """Every candidate on every image of ``scorer``, batched: the time and the scores."""
+    seconds, scores = median_seconds(lambda: scorer.exact(ids), repeats)
+    return {"exact_s_per_call": seconds, "evals_per_s": len(ids) * scorer.images / seconds,
+            "exact_scores": [s.score for s in scores]}
+
+
 def measure_mlx(model, paths: list[Path], targets: list[MaskTarget], ids: np.ndarray, args: argparse.Namespace,
                 peaks: Peaks) -> dict[str, Any]:
     size, config = model.cfg.vision.image_size, ObjectiveConfig()
@@ -188,9 +195,7 @@ def measure_mlx(model, paths: list[Path], targets: list[MaskTarget], ids: np.nda
         raise RuntimeError(f"mask resolution {features.levels[0].shape[1]}, targets {targets[0].ignore.shape}")
     scorer = Scorer(model, features, targets, config, args.batch)
     with peaks.mlx_stage("exact"):
-        seconds, scores = median_seconds(lambda: scorer.exact(ids), args.repeats)
-    out["exact_s_per_call"], out["evals_per_s"] = seconds, len(ids) * len(paths) / seconds
-    out["exact_scores"] = [s.score for s in scores]
+        out.update(exact_stage(scorer, ids, args.repeats))
 
     turn = iter(range(1 << 30))
 
@@ -224,9 +229,7 @@ def measure_torch(reference: torch.nn.Module, paths: list[Path], targets: list[M
     with autocast():
         scorer = TorchScorer(reference, paths, targets, config, args.batch, size)
         with peaks.torch_stage("exact"):
-            seconds, scores = median_seconds(lambda: scorer.exact(ids), args.repeats)
-        out["exact_s_per_call"], out["evals_per_s"] = seconds, len(ids) * len(paths) / seconds
-        out["exact_scores"] = [s.score for s in scores]
+            out.update(exact_stage(scorer, ids, args.repeats))
 
         turn = iter(range(1 << 30))
 
