@@ -8,6 +8,7 @@ import mlx.nn as nn
 
 from mlx_alias.config import ModelConfig
 
+from .common import Gelu
 from .position import sine_position_encoding
 
 
@@ -34,7 +35,7 @@ class FpnLevel(nn.Module):
     def __init__(self, scale: float, dims: int, d_model: int):
         super().__init__()
         if scale == 4.0:
-            self.scale_layers = [Upsample2x(dims, dims // 2), nn.GELU(), Upsample2x(dims // 2, dims // 4)]
+            self.scale_layers = [Upsample2x(dims, dims // 2), Gelu(), Upsample2x(dims // 2, dims // 4)]
             dims //= 4
         elif scale == 2.0:
             self.scale_layers = [Upsample2x(dims, dims // 2)]
