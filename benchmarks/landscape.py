@@ -6,9 +6,10 @@ For every seed it builds the planted world of ``search_quality.py`` (tiny random
 demo's synthetic images, the prompt planted with the demo's threshold) and measures on the
 training split:
 
-- exact scores: the planted prompt, random aliases of its length, and its one-token
-  neighbours (one position replaced by a random allowed token), i.e. whether a partly right
-  alias earns partial credit;
+- exact scores: the planted prompt, random aliases of its length, its one-token
+  neighbours (one position replaced by a random allowed token: does a partly right alias earn
+  partial credit?) and its embedding neighbours (one position replaced by one of the token's
+  nearest allowed tokens in the embedding table: do nearby tokens act alike?);
 - surrogate fidelity: the rank correlation of the surrogate with the exact score over those
   aliases, at several surrogate temperatures;
 - gradient signal: for aliases with all positions but one taken from the planted prompt, the
@@ -46,13 +47,14 @@ def ranks(values: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(values, kind="stable"), kind="stable")
 
 
-def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, fillers: int) -> dict:
+def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, fillers: int,
+            plain_vocabulary: bool = False) -> dict:
     tokenizer = load_tokenizer()
     allowed = allowed_tokens(tokenizer)
     pool = np.flatnonzero(allowed)
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        model, dataset, hidden, threshold = world(seed, prompt, Path(tmp), images)
+        model, dataset, hidden, threshold = world(seed, prompt, Path(tmp), images, plain_vocabulary)
         objective = ObjectiveConfig(threshold=threshold)
         task = category_task(model, FeatureCache(model, Path(tmp) / "mlx", None), dataset, 1,
                              holdout_fraction=0.34, seed=seed, config=objective)
@@ -64,11 +66,21 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
                 alias = list(planted)
                 alias[position] = int(token)
                 near.append(tuple(alias))
-        aliases = [planted, *random_aliases, *near]
-        exact = np.array([r.score for r in task.train.exact(ids_of(tokenizer, aliases))])
-
         ctx = SearchContext(model, task.train, tokenizer, allowed, len(planted), rng)
         table = ctx.embeddings()
+        vectors = np.array(table.astype(mx.float32))
+        similar = []
+        for position, token in enumerate(planted):
+            distance = np.where(allowed, ((vectors - vectors[token]) ** 2).sum(1), np.inf)
+            distance[token] = np.inf
+            for other in np.argsort(distance)[:neighbours]:
+                alias = list(planted)
+                alias[position] = int(other)
+                similar.append(tuple(alias))
+        aliases = [planted, *random_aliases, *near]
+        exact = np.array([r.score for r in task.train.exact(ids_of(tokenizer, aliases))])
+        similar_exact = np.array([r.score for r in task.train.exact(ids_of(tokenizer, similar))])
+
         fidelity, gradient_ranks = {}, {}
         for temperature in TEMPERATURES:
             task.train.config = dataclasses.replace(objective, temperature=temperature)
@@ -92,6 +104,8 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
         "planted": float(exact[0]), "random_max": float(exact[1: 1 + randoms].max()),
         "random_median": float(np.median(exact[1: 1 + randoms])),
         "neighbour_max": float(exact[1 + randoms:].max()), "neighbour_median": float(np.median(exact[1 + randoms:])),
+        "embedding_neighbour_max": float(similar_exact.max()),
+        "embedding_neighbour_median": float(np.median(similar_exact)),
         "fidelity": fidelity, "gradient_ranks": gradient_ranks,
     }
 
@@ -99,7 +113,8 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
 def show(row: dict) -> str:
     lines = [f"seed {row['seed']}, {row['prompt']!r}: planted {row['planted']:.3f}; random aliases median "
              f"{row['random_median']:.3f}, max {row['random_max']:.3f}; one-token neighbours median "
-             f"{row['neighbour_median']:.3f}, max {row['neighbour_max']:.3f}",
+             f"{row['neighbour_median']:.3f}, max {row['neighbour_max']:.3f}; embedding neighbours median "
+             f"{row['embedding_neighbour_median']:.3f}, max {row['embedding_neighbour_max']:.3f}",
              "| temperature | surrogate rank corr. with exact | surrogate: planted / best other | "
              f"planted token's gradient rank (of {row['allowed']}), median [all] |",
              "|---|---|---|---|"]
@@ -116,11 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="velvet lantern")
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--randoms", type=int, default=30, help="random aliases scored")
-    parser.add_argument("--neighbours", type=int, default=5, help="one-token neighbours per position")
+    parser.add_argument("--neighbours", type=int, default=5, help="one-token and embedding neighbours per position")
     parser.add_argument("--fillers", type=int, default=3, help="gradient probes per position and temperature")
+    parser.add_argument("--plain-vocabulary", action="store_true",
+                        help="init's unstructured token table instead of the tiny preset's low-rank one")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    rows = [measure(s, args.prompt, args.images, args.randoms, args.neighbours, args.fillers) for s in args.seeds]
+    rows = [measure(s, args.prompt, args.images, args.randoms, args.neighbours, args.fillers, args.plain_vocabulary)
+            for s in args.seeds]
     print(json.dumps({"rows": rows}) if args.json else "\n\n".join(map(show, rows)))
     return 0
 

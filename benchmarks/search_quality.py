@@ -28,7 +28,7 @@ from mlx_alias.data.coco import load_dataset
 from mlx_alias.demo import planting_threshold, synthetic_images
 from mlx_alias.model.weights import load_model
 from mlx_alias.plant import plant
-from mlx_alias.reference.build import build_model, sharpen_scores
+from mlx_alias.reference.build import build_model, shape_tiny, sharpen_scores
 from mlx_alias.reference.checkpoint import save_checkpoint
 from mlx_alias.search.cache import FeatureCache
 from mlx_alias.search.discrete import EvolutionConfig
@@ -52,10 +52,15 @@ def evaluations_to(curve: list[tuple[int, float]], level: float) -> int | None:
     return next((e for e, best in curve if best >= level), None)
 
 
-def world(seed: int, prompt: str, root: Path, images: int):
+def world(seed: int, prompt: str, root: Path, images: int, plain_vocabulary: bool = False):
+    """The planted world of one seed; ``plain_vocabulary`` keeps init's unstructured token
+    table (the tiny preset without ``structure_vocabulary``), to show what that changes."""
     cfg = tiny_config()
     reference = build_model(cfg, seed=seed, device="cpu")
-    sharpen_scores(reference)
+    if plain_vocabulary:
+        sharpen_scores(reference)
+    else:
+        shape_tiny(reference, seed)
     save_checkpoint(reference, cfg, root / "sam3")
     convert(root / "sam3", root / "mlx")
     model = load_model(root / "mlx")
@@ -66,14 +71,15 @@ def world(seed: int, prompt: str, root: Path, images: int):
     return model, load_dataset(root / "dataset"), hidden, threshold
 
 
-def run(seed: int, prompt: str, budget: int, images: int) -> list[dict]:
+def run(seed: int, prompt: str, budget: int, images: int, methods: list[str]) -> list[dict]:
     tokenizer = load_tokenizer()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model, dataset, hidden, threshold = world(seed, prompt, Path(tmp), images)
         cache = FeatureCache(model, Path(tmp) / "mlx", None)
         objective = ObjectiveConfig(threshold=threshold)
-        for method, changes in METHODS.items():
+        for method in methods:
+            changes = METHODS[method]
             cfg = dataclasses.replace(SearchConfig(lengths=(len(hidden.content),), budget=budget, holdout_fraction=0.34,
                                                    seed=seed, objective=objective), **changes)
             task = category_task(model, cache, dataset, 1, holdout_fraction=0.34, seed=seed, config=objective)
@@ -98,10 +104,10 @@ def run(seed: int, prompt: str, budget: int, images: int) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], methods: list[str]) -> str:
     lines = ["| method | median holdout / planted | reached 0.9 of planted (train) | median evaluations to 0.9 | median seconds |",
              "|---|---|---|---|---|"]
-    for method in METHODS:
+    for method in methods:
         mine = [r for r in rows if r["method"] == method]
         rel = [r["relative_holdout"] for r in mine if r["relative_holdout"] is not None]
         reached = [r["evaluations_to_0.9"] for r in mine if r["evaluations_to_0.9"] is not None]
@@ -116,10 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", nargs="+", default=["velvet lantern", "red kite"])
     parser.add_argument("--budget", type=int, default=1200)
     parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    rows = [row for seed in args.seeds for prompt in args.prompts for row in run(seed, prompt, args.budget, args.images)]
-    print(json.dumps({"rows": rows}) if args.json else table(rows))
+    rows = [row for seed in args.seeds for prompt in args.prompts for row in run(seed, prompt, args.budget, args.images, args.methods)]
+    print(json.dumps({"rows": rows}) if args.json else table(rows, args.methods))
     return 0
 
 

@@ -96,7 +96,7 @@ def convert(
 @app.command()
 def init(
     out: Path = typer.Option(..., "--out", help="Folder to write the checkpoint into (created)."),
-    preset: Preset = typer.Option(Preset.tiny, "--preset", help="tiny (tests, quick searches; scoring sharpened so prompts predict instances) or full (SAM3's sizes)."),
+    preset: Preset = typer.Option(Preset.tiny, "--preset", help="tiny (tests, quick searches; scoring sharpened and a low-rank vocabulary, see README) or full (SAM3's sizes)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the weights."),
     fmt: Format = typer.Option(Format.sam3, "--format", help="sam3: official sam3.pt; hf: transformers model.safetensors."),
     device: str = typer.Option(None, "--device", help="torch device to initialise on (default: cuda, mps, then cpu)."),
@@ -106,7 +106,7 @@ def init(
 
     def action() -> None:
         try:
-            from mlx_alias.reference.build import build_model, parameter_count, sharpen_scores
+            from mlx_alias.reference.build import build_model, parameter_count, shape_tiny
             from mlx_alias.reference.checkpoint import save_checkpoint
         except ImportError as exc:
             raise ImportError(f"init needs the reference path (pip install 'mlx-alias[reference]'): {exc}") from exc
@@ -117,7 +117,7 @@ def init(
         cfg = PRESETS[preset.value]()
         model = build_model(cfg, seed=seed, device=device)
         if preset is Preset.tiny:
-            sharpen_scores(model)  # so that prompts predict instances at all (see sharpen_scores)
+            shape_tiny(model, seed)  # so that a search on it has something to find (see shape_tiny)
         with atomic_directory(out, overwrite=overwrite) as staging:
             path = save_checkpoint(model, cfg, staging, fmt.value)
         typer.echo(f"{preset.value} SAM3, seed {seed}, {parameter_count(model):,} parameters -> {out / path.name}")

@@ -83,14 +83,14 @@ def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report
 
     try:
         from .config import tiny_config
-        from .reference.build import build_model, sharpen_scores
+        from .reference.build import build_model, shape_tiny
         from .reference.checkpoint import save_checkpoint
     except ImportError as exc:
         raise ImportError(f"demo makes its model through the reference path (pip install 'mlx-alias[reference]'): {exc}") from exc
     cfg = tiny_config()
     echo(f"1/4 a tiny random SAM3 (seed {seed})")
     reference = build_model(cfg, seed=seed, device="cpu")
-    sharpen_scores(reference)
+    shape_tiny(reference, seed)
     save_checkpoint(reference, cfg, out / "checkpoint", "sam3")
     convert(out / "checkpoint", out / "weights")
     model = load_model(out / "weights")

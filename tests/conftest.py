@@ -62,15 +62,15 @@ def mlx_model(mlx_weights):
 
 @pytest.fixture(scope="session")
 def search_weights(tmp_path_factory) -> Path:
-    """The tiny model as ``mlx-alias init --preset tiny`` makes it (scoring sharpened, not
-    perturbed), converted: what searches run on. Official scores spread around 0.5. The
+    """The tiny model as ``mlx-alias init --preset tiny`` makes it (scoring sharpened,
+    low-rank vocabulary, not perturbed), converted: what searches run on. Official scores spread around 0.5. The
     folder holds ``sam3/`` (the checkpoint) and ``mlx/`` (the weights)."""
     build, checkpoint = _reference()
     from mlx_alias.config import tiny_config
     from mlx_alias.convert.convert import convert
 
     model = build.build_model(tiny_config(), seed=3, device="cpu")
-    build.sharpen_scores(model)
+    build.shape_tiny(model, seed=3)
     root = tmp_path_factory.mktemp("search_model")
     convert(checkpoint.save_checkpoint(model, tiny_config(), root / "sam3").parent, root / "mlx")
     return root

@@ -47,6 +47,25 @@ def test_every_parameter_is_initialised_and_seeded(tiny_cfg, tiny_model):
     assert not torch.equal(text.positional_embedding, other.backbone.language_backbone.encoder.positional_embedding)
 
 
+def test_tiny_preset_vocabulary_is_low_rank_and_seeded(tiny_cfg):
+    from mlx_alias.reference.build import TINY_VOCABULARY_RANK, build_model, shape_tiny
+
+    def table(seed: int) -> torch.Tensor:
+        model = build_model(tiny_cfg, seed=seed, device="cpu")
+        plain = model.backbone.language_backbone.encoder.token_embedding.weight.detach().clone()
+        shape_tiny(model, seed)
+        shaped = model.backbone.language_backbone.encoder.token_embedding.weight.detach()
+        assert not torch.equal(plain, shaped)
+        return shaped
+
+    shaped = table(5)
+    singular = torch.linalg.svdvals(shaped.double())
+    # rank 4 exactly, up to float32 rounding of a [49408, 64] product (relative 1e-5)
+    assert (singular > 1e-5 * singular[0]).sum() == TINY_VOCABULARY_RANK
+    assert 0.9 < float(shaped.std()) < 1.1  # nn.Embedding's scale, which the rest of init assumes
+    assert torch.equal(shaped, table(5)) and not torch.equal(shaped, table(6))
+
+
 def test_grounding_shapes_and_official_score(tiny_cfg, tiny_model, inputs):
     images, ids = inputs
     with torch.no_grad():
