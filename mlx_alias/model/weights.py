@@ -4,6 +4,7 @@ mis-shaped tensor is named before anything runs."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlx.core as mx
@@ -15,6 +16,25 @@ from mlx_alias.convert.convert import CONFIG, WEIGHTS
 from mlx_alias.convert.layouts import key_listing
 
 from .sam3 import Sam3
+
+# MLX's CPU allocator keeps at most 32 MB of freed buffers for reuse (its default cache limit):
+# every larger activation (one full-size vision MLP's is 98 MB) is mapped afresh, page-faulted
+# in and zeroed by the kernel, and unmapped when freed. An eighth of physical memory (3 GB on a
+# 24 GB machine) took a full-size image encode from 0.93M page faults to 0.53M and 138 s to
+# 127 s; the allocator's peak stays the same, the resident set grows by what the cache holds.
+CPU_CACHE_FRACTION = 1 / 8
+
+
+def use_cpu_buffer_cache() -> None:
+    """On the CPU device, let MLX cache ``CPU_CACHE_FRACTION`` of physical memory in freed
+    buffers (never less than the limit already set). Called by ``load_model``."""
+    if mx.default_device().type != mx.cpu:
+        return
+    target = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * CPU_CACHE_FRACTION)
+    previous = mx.set_cache_limit(target)
+    if previous > target:
+        mx.set_cache_limit(previous)
+
 
 class WeightsError(ValueError):
     """Weights that do not fit the model; the message is one sentence."""
@@ -63,6 +83,7 @@ def load_model(weights_dir: Path) -> Sam3:
         weights = mx.load(str(weights_path))
     except (RuntimeError, ValueError, OSError) as exc:
         raise WeightsError(f"cannot read {weights_path}: the file is truncated or not safetensors ({exc})") from exc
+    use_cpu_buffer_cache()
     model = Sam3(cfg)
     check_weights(model, weights)
     model.load_weights(list(weights.items()))
