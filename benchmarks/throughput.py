@@ -18,7 +18,8 @@ MLX: one model in memory at a time) measures:
   candidate at a time; seconds per evaluation (its parts are warm from the stages before);
 - soft-prompt step: value and gradient of the surrogate with respect to one prompt's input
   embeddings, through the text encoder and grounding against every image. MLX runs the
-  search's own ``Scorer.surrogate``; torch a line-for-line port of it (both values reported);
+  search's own ``Scorer.surrogate``, compiled as the soft phase compiles it (the warm-up run
+  traces it and builds its kernels); torch a line-for-line port of it (both values reported);
 - peak memory: MLX's allocator peak; torch's ``max_memory_allocated`` on CUDA; and the process's
   peak resident set through the torch stages (model building included: torch's figure on a
   CPU) and over the whole run.
@@ -66,6 +67,7 @@ from mlx_alias.reference.scoring import TorchScorer
 from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, prepare_target
 from mlx_alias.search.phase import ids_of
 from mlx_alias.search.scorer import DenseTargets, ExactScorer, Scorer
+from mlx_alias.search.soft import CompiledGradient, surrogate_state
 from mlx_alias.tokenizer import load_tokenizer
 
 CANDIDATE_LENGTH = 3  # content tokens per random candidate
@@ -210,7 +212,7 @@ def measure_mlx(model, paths: list[Path], targets: list[MaskTarget], ids: np.nda
 
     embeddings = model.token_embeddings(mx.array(ids[:1]))
     padding = mx.array(ids[:1] == 0)
-    step = mx.value_and_grad(lambda e: scorer.surrogate(e, padding))
+    step = CompiledGradient(lambda e: scorer.surrogate(e, padding), lambda: [surrogate_state(scorer)])  # as the phase
     with peaks.mlx_stage("soft_step"):
         out["soft_step_s"], (value, _) = median_seconds(lambda: step(embeddings), args.repeats)
     out["soft_value"] = float(value)

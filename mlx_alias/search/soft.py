@@ -12,6 +12,7 @@ vectors, so that the optimisation sees what the exact score will see. Every
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 from mlx_alias.tokenizer import CONTEXT_LENGTH
 
 from .phase import Candidate, SearchContext
+from .scorer import Scorer
 from .vocab import TokenIndex
 
 
@@ -46,6 +48,32 @@ def adam(x: mx.array, grad: mx.array, m: mx.array, v: mx.array, t: int, lr: floa
     v = b2 * v + (1 - b2) * mx.square(grad)
     m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
     return x - lr * m_hat / (mx.sqrt(v_hat) + eps), m, v
+
+
+class CompiledGradient:
+    """``mx.compile(mx.value_and_grad(loss))``, reading its arrays afresh at every call. Inside
+    mx.grad MLX runs even compiled functions op by op; compiling the whole step fuses them (the
+    CPU's GELU and attention kernels, ``model/common.py``). A compiled function keeps the arrays
+    it closes over as constants, so ``state()`` returns the containers (modules, dicts, lists)
+    through which ``loss`` reads the arrays that may change: compile puts its tracers into these
+    very objects while it traces, and passes their current contents at every call. An array in
+    them that ``loss`` also reaches another way (a closure) makes compile refuse ("uncaptured
+    inputs"). Python numbers ``loss`` reads (the objective's settings) are baked in."""
+
+    def __init__(self, loss: Callable[[mx.array], mx.array], state: Callable[[], Any]):
+        self._state = state
+        self._captured: list[Any] = []
+        self._step = mx.compile(mx.value_and_grad(loss), inputs=self._captured)
+
+    def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """``loss(x)`` and its gradient with respect to ``x``."""
+        self._captured[:] = [self._state()]
+        return self._step(x)
+
+
+def surrogate_state(scorer: Scorer) -> list[Any]:
+    """The containers of the arrays ``scorer.surrogate`` reads (see ``CompiledGradient``)."""
+    return [scorer.model, vars(scorer.features), vars(scorer.dense)]
 
 
 class SoftPromptPhase:
@@ -75,16 +103,17 @@ class SoftPromptPhase:
         tok, n = ctx.tokenizer, ctx.length
         frame = ctx.model.token_embeddings(mx.array([[tok.sot_id, *[tok.pad_id] * n, tok.eot_id]
                                                      + [tok.pad_id] * (CONTEXT_LENGTH - n - 2)]))
-        self._head, self._tail = frame[:, :1], frame[:, n + 1:]  # start; end and padding
-        self._padding = mx.array(np.arange(CONTEXT_LENGTH) > n + 1)[None]  # True after the end token
-        self._loss_and_grad = mx.value_and_grad(self._loss)
+        self._frame = {"head": frame[:, :1], "tail": frame[:, n + 1:],  # start; end and padding
+                       "padding": mx.array(np.arange(CONTEXT_LENGTH) > n + 1)[None]}  # True after the end token
+        self._loss_and_grad = CompiledGradient(self._loss, lambda: [surrogate_state(self.ctx.scorer), self._frame])
 
     def _embed(self, ids: tuple[int, ...] | np.ndarray) -> mx.array:
         return self.ctx.embeddings()[mx.array(np.asarray(ids))].astype(mx.float32)
 
     def _loss(self, vectors: mx.array) -> mx.array:
-        embeddings = mx.concatenate([self._head, vectors[None].astype(self._head.dtype), self._tail], axis=1)
-        return -self.ctx.scorer.surrogate(embeddings, self._padding)
+        head, tail = self._frame["head"], self._frame["tail"]
+        embeddings = mx.concatenate([head, vectors[None].astype(head.dtype), tail], axis=1)
+        return -self.ctx.scorer.surrogate(embeddings, self._frame["padding"])
 
     @property
     def done(self) -> bool:
