@@ -1,5 +1,5 @@
 """The search of one category: start candidates, then the phases in turn (soft prompt with
-projection, GCG swaps, evolution), each spending its share of the evaluation budget, with the
+projection, evolution, GCG swaps), each spending its share of the evaluation budget, with the
 whole state checkpointed after every step so that a killed run resumes exactly.
 
 Budget: exact evaluations, one candidate scored on one training image. A phase gets its share
@@ -41,7 +41,11 @@ class SearchConfig:
     roundtrip_only: bool = False  # the alias must survive decode -> encode, to paste as text
     pairs_per_batch: int = 8  # (candidate, image) pairs per grounding call
     random_starts: int = 8  # random candidates scored before the first phase
-    phases: tuple[str, ...] = ("soft", "gcg", "evolution")
+    # Evolution (embedding-neighbour mutations) before GCG: on the planted tiny benchmark
+    # (seed 0) GCG's linear top-k proposed far-off tokens and spent ~750 evaluations without a
+    # gain, while evolution climbed; in this order the search reached 0.9 of the planted train
+    # score after 704 evaluations instead of 2896.
+    phases: tuple[str, ...] = ("soft", "evolution", "gcg")
     shares: tuple[float, ...] = (0.3, 0.45, 0.25)  # of the budget, per phase
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     soft: SoftConfig = field(default_factory=SoftConfig)

@@ -30,9 +30,11 @@ from .vocab import TokenIndex
 class SoftConfig:
     steps: int = 100  # gradient steps at most
     # Adam's step size, in units of the embedding table's per-coordinate RMS, so that one
-    # value suits every model size (Adam moves each coordinate by about the step size).
-    learning_rate: float = 1.0
-    pez: bool = True  # gradient at the projected prompt, applied to the continuous one
+    # value suits every model size (Adam moves each coordinate by about the step size). On the
+    # planted tiny benchmark (seed 0, 40 steps from one random start) 0.1 without PEZ reached
+    # an exact 0.74, against 0.47 and 0.51 for 0.3 and 1.0 with PEZ (from 0.31).
+    learning_rate: float = 0.1
+    pez: bool = False  # gradient at the projected prompt, applied to the continuous one
     evaluate_every: int = 10  # steps between exact scorings of the projection
     init: str = "tokens"  # "tokens": the start candidate's embeddings; "random": random allowed tokens'
     patience: int = 5  # stop after this many exact scorings without a better candidate
