@@ -60,7 +60,7 @@ from mlx_alias.demo import synthetic_images
 from mlx_alias.image import load_image, preprocess, preprocess_batch
 from mlx_alias.model.weights import load_model
 from mlx_alias.reference import runners
-from mlx_alias.reference.build import build_model, sharpen_scores
+from mlx_alias.reference.build import build_model, shape_tiny
 from mlx_alias.reference.checkpoint import save_checkpoint
 from mlx_alias.reference.parity import nchw
 from mlx_alias.reference.scoring import TorchScorer
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         reference = build_model(cfg, seed=args.seed, device=str(device))
         if args.preset == "tiny":
-            sharpen_scores(reference)  # as search_quality.py and the demo: some queries above 0.5
+            shape_tiny(reference, args.seed)  # the tiny preset as init, the demo and search_quality.py make it
         convert(save_checkpoint(reference, cfg, root / "sam3"), root / "mlx", args.dtype)
         paths = synthetic_images(root / "images", args.images, args.seed)
         mask_size = int(cfg.vision.grid * cfg.detector.neck_scales[0])  # the first neck level's, as the masks'
