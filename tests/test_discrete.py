@@ -87,6 +87,17 @@ def test_gcg_score_never_decreases_and_keeps_the_best(gcg_run):
         assert after == (best if best.score > before.score else before)
 
 
+def test_gcg_neighbour_swaps_stay_near_the_current_tokens(world):
+    context, starts = world
+    ctx = context()
+    phase = GcgPhase(ctx, replace(GCG, neighbours=8, top_k=4), starts[0])
+    near = Neighbours(ctx.embeddings(), ctx.allowed, 8)
+    top = phase.top()
+    assert top.shape == (4, 4)
+    for position, token in enumerate(starts[0].tokens):
+        assert set(top[position].tolist()) <= set(near(token).tolist())
+
+
 def test_top_k_are_the_largest_one_hot_gradients(world, search_model):
     context, starts = world
     ctx, tokens = context(), starts[1].tokens
@@ -154,10 +165,10 @@ def test_evolution_keeps_the_elite_and_respects_allowed(world, evolution_run):
     phase, generations = evolution_run
     assert len(generations) == EVOLUTION.generations
     for before, children, after in generations:
-        assert len(children) == EVOLUTION.population - min(EVOLUTION.elite, len(before))
+        # raced children that cannot beat the weakest member are dropped unscored
+        assert len(children) <= EVOLUTION.population - min(EVOLUTION.elite, len(before))
         assert len(after) == EVOLUTION.population
-        ranked = sorted(before[: EVOLUTION.elite] + children, key=lambda c: -c.score)
-        assert after[: EVOLUTION.elite] == ranked[: EVOLUTION.elite]
+        assert after == sorted(before + children, key=lambda c: -c.score)[: EVOLUTION.population]  # (mu + lambda)
         assert after[0].score >= before[0].score
         assert all(allowed[list(c.tokens)].all() for c in children)
     assert phase.best == generations[-1][2][0]
@@ -176,16 +187,60 @@ def test_evolution_state_round_trip_is_bit_identical(world, evolution_run):
     assert resumed.state() == full.state() and resumed.done
 
 
+@pytest.mark.parametrize("make", [lambda ctx, starts: GcgPhase(ctx, GCG, starts[0]),
+                                  lambda ctx, starts: EvolutionPhase(ctx, replace(EVOLUTION, generations=3, mutations=2, neighbour_fraction=0.0), starts)],
+                         ids=["gcg", "evolution"])
+def test_racing_changes_no_decision(world, make):
+    """A phase that races its candidates against its bar ends exactly where scoring every
+    candidate in full ends, on fewer evaluations: racing only skips work whose result the phase
+    would discard. The targets are what a hidden prompt predicts, and the starts are one token
+    away from it, so that the bar is high and most swaps fall below it."""
+    context, _ = world
+    base = context()
+    hidden = tuple(base.tokenizer.encode("a big red car"))
+    framed = mx.array(base.tokenizer.from_content_ids(hidden))
+    images = 4  # enough that a bad candidate's first images rule it out
+    pixels = np.random.default_rng(5).uniform(-1, 1, (images, 224, 224, 3)).astype(np.float32)
+    features = base.model.encode_image(mx.array(pixels))
+    planted = base.model.ground(features, base.model.encode_text(mx.repeat(framed, images, axis=0)), mx.arange(images))
+    targets = []
+    for i in range(images):
+        chosen = np.array(planted.scores[i]) > CFG.threshold
+        targets.append(MaskTarget(np.array(planted.masks[i])[chosen] > 0, base.scorer.targets[0].ignore))
+    assert any(t.masks.shape[0] for t in targets)
+    # one pair per batch, so that racing may stop a candidate after its first image
+    scorer = Scorer(base.model, features, targets, CFG, pairs_per_batch=1)
+    allowed = base.allowed.copy()
+    allowed[list(hidden)] = True
+    rng = np.random.default_rng(3)
+    near = [hidden[:p] + (int(rng.choice(np.flatnonzero(allowed))),) + hidden[p + 1:] for p in list(range(len(hidden))) * 2]
+    ends = {}
+    for race in (True, False):
+        ctx = SearchContext(base.model, scorer, base.tokenizer, allowed, len(hidden), np.random.default_rng(7))
+        if not race:
+            evaluate = ctx.evaluate
+            ctx.evaluate = lambda candidates, bar=None: evaluate(candidates)
+        starts = sorted(ctx.evaluate(near), key=lambda c: -c.score)
+        phase, before = make(ctx, starts), scorer.evaluations
+        while not phase.done:
+            phase.step()
+        ends[race] = (phase.state(), scorer.evaluations - before, ctx.bounds)
+    (raced, raced_cost, bounds), (full, full_cost, _) = ends[True], ends[False]
+    assert raced == full
+    assert bounds and raced_cost < full_cost  # something was raced out, and that saved work
+
+
 def test_seed_style_scores_one_neighbour_mutant_at_a_time(world):
     seed = EvolutionConfig.seed_style()
-    assert (seed.population, seed.neighbour_fraction, seed.batch_evaluation) == (20, 1.0, False)
+    assert (seed.population, seed.neighbour_fraction, seed.batch_evaluation, seed.race) == (20, 1.0, False, False)
     context, starts = world
     ctx = context()
     calls, evaluate = [], ctx.evaluate
 
-    def counted(candidates):
+    def counted(candidates, bar=None):
+        assert bar is None  # the baseline scores every child in full
         calls.append(len(candidates))
-        return evaluate(candidates)
+        return evaluate(candidates, bar)
 
     ctx.evaluate = counted
     # smaller, and without crossover or retries so that each child is one neighbour swap away

@@ -9,7 +9,7 @@ import pytest
 
 from mlx_alias.model.text import TextFeatures
 from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, aggregate, score_image
-from mlx_alias.search.scorer import Scorer
+from mlx_alias.search.scorer import Pruned, Scorer
 from mlx_alias.tokenizer import load_tokenizer
 
 CFG = ObjectiveConfig()
@@ -47,6 +47,23 @@ def test_exact_batched_equals_pairwise(search_model, setup):
             results.append(score_image(np.array(g.scores[0]), np.array(g.masks[0]), targets[i], CFG))
         assert aggregate(results, CFG).score == pytest.approx(batched[c].score, abs=1e-6)
     assert len({round(s.score, 6) for s in batched}) > 1  # prompts are told apart
+
+
+def test_race_scores_survivors_exactly_and_drops_only_the_hopeless(search_model, setup):
+    features, targets = setup
+    ids = load_tokenizer()(["a red car", "velvet lantern", "dog", "red", "a car", "lantern"])
+    scorer = Scorer(search_model, features, targets, CFG, pairs_per_batch=1)
+    exact = scorer.exact(ids)
+    bar = float(np.mean(sorted(s.score for s in exact)[-2:]))  # between the best two: a high bar
+    before = scorer.evaluations
+    raced = scorer.race(ids, bar)
+    pruned = [c for c, r in enumerate(raced) if isinstance(r, Pruned)]
+    assert pruned and scorer.evaluations - before < len(ids) * len(targets)  # pairs were skipped
+    for result, full in zip(raced, exact):
+        if isinstance(result, Pruned):
+            assert full.score <= result.bound <= bar  # a true bound, and below the bar
+        else:
+            assert result == full  # scored on every image: the same numbers, to the bit
 
 
 def test_surrogate_is_differentiable(search_model, setup):

@@ -42,8 +42,8 @@ def token_gradients(ctx: SearchContext, tokens: Tokens, table: mx.array) -> np.n
 
 
 def top_tokens(gradient: np.ndarray, allowed: np.ndarray, tokens: Tokens, k: int) -> np.ndarray:
-    """[L, k] per position: the allowed ids other than the current one with the largest
-    gradient (we maximise), largest first."""
+    """[L, k] per position: the allowed ids (``allowed`` [vocab], or [L, vocab] per position)
+    other than the current one with the largest gradient (we maximise), largest first."""
     masked = np.where(allowed, gradient, -np.inf)
     masked[np.arange(len(tokens)), list(tokens)] = -np.inf
     return largest(masked, min(k, int(np.isfinite(masked).sum(1).min())))
@@ -67,8 +67,14 @@ class GcgConfig:
     steps: int = 100  # most steps
     patience: int = 10  # steps without improvement before stopping
     candidates: int = 64  # swaps sampled (then deduplicated) and scored exactly per step
-    top_k: int = 64  # tokens per position to sample from, by one-hot gradient
+    top_k: int = 16  # tokens per position to sample from, by one-hot gradient
     swaps_per_candidate: int = 1  # positions changed per candidate
+    # When > 0, a position's top-k is drawn from its token's nearest allowed tokens by cosine
+    # only: the one-hot gradient is a linear estimate, trustworthy near the current token. On
+    # the planted tiny benchmark (12 images, seeds 0-2) 64 neighbours with top-k 16 gave a
+    # median holdout of 0.93 of the planted prompt's, against 0.91 over the whole vocabulary
+    # with top-k 64, and reached 0.9 of its train score on all three seeds (two of three).
+    neighbours: int = 64
 
 
 class GcgPhase:
@@ -81,6 +87,7 @@ class GcgPhase:
         self.stale = 0  # steps since the last improvement
         self.rng = _phase_rng(ctx)
         self._table: mx.array | None = None
+        self._near: Neighbours | None = None
         self._top: np.ndarray | None = None  # top tokens of ``current``: the same until it changes
 
     @property
@@ -97,7 +104,14 @@ class GcgPhase:
             if self._table is None:
                 self._table = self.ctx.embeddings().astype(mx.float32)
             gradient = token_gradients(self.ctx, self.current.tokens, self._table)
-            self._top = top_tokens(gradient, self.ctx.allowed, self.current.tokens, self.config.top_k)
+            allowed = self.ctx.allowed
+            if self.config.neighbours:
+                if self._near is None:
+                    self._near = Neighbours(self._table, self.ctx.allowed, self.config.neighbours)
+                allowed = np.zeros((len(self.current.tokens), len(allowed)), bool)
+                for position, token in enumerate(self.current.tokens):
+                    allowed[position, self._near(token)] = True
+            self._top = top_tokens(gradient, allowed, self.current.tokens, self.config.top_k)
         return self._top
 
     def sample(self, top: np.ndarray) -> list[Tokens]:
@@ -114,8 +128,9 @@ class GcgPhase:
         return list(dict.fromkeys(out))
 
     def step(self) -> list[Candidate]:
-        scored = self.ctx.evaluate(self.sample(self.top()))
-        challenger = max(scored, key=lambda c: c.score)  # the first of equals
+        # only a swap that beats the current alias is kept, so the others are raced out early
+        scored = self.ctx.evaluate(self.sample(self.top()), bar=self.current.score)
+        challenger = max(scored, key=lambda c: c.score, default=self.current)  # the first of equals
         if challenger.score > self.current.score:
             self.current, self.stale, self._top = challenger, 0, None
         else:
@@ -165,12 +180,16 @@ class EvolutionConfig:
     neighbours: int = 16  # nearest allowed tokens by cosine a neighbour swap picks from
     retries: int = 4  # extra swaps for a child that duplicates a member or a sibling
     batch_evaluation: bool = True  # one ctx.evaluate call per generation, else one per child
+    # True: (mu + lambda) survival, the best ``population`` of parents and children, so that a
+    # child is scored only until it surely cannot beat the weakest parent (``Scorer.race``).
+    # False: generational, the elite plus every child, all scored in full.
+    race: bool = True
 
     @classmethod
     def seed_style(cls) -> EvolutionConfig:
         """The original experiment's baseline: embedding-neighbour mutations only, no gradients,
         candidates scored one at a time."""
-        return cls(population=20, neighbour_fraction=1.0, batch_evaluation=False)
+        return cls(population=20, neighbour_fraction=1.0, batch_evaluation=False, race=False)
 
 
 class EvolutionPhase:
@@ -236,11 +255,15 @@ class EvolutionPhase:
         for _ in range(min(self.config.population - len(elite), self.ctx.affordable())):
             children.append(self.child(taken))
             taken.add(children[-1])
+        full = len(self.population) >= self.config.population
+        bar = self.population[-1].score if self.config.race and full else None
         if self.config.batch_evaluation:
-            scored = self.ctx.evaluate(children)
+            scored = self.ctx.evaluate(children, bar)
         else:
-            scored = [self.ctx.evaluate([c])[0] for c in children]
-        self.population = _ranked(elite + scored)
+            scored = [c for child in children for c in self.ctx.evaluate([child], bar)]
+        survivors = self.population if self.config.race else elite
+        distinct = {c.tokens: c for c in survivors + scored}.values()  # a child may repeat a member
+        self.population = _ranked(list(distinct))[: self.config.population]
         if self.population[0].score > self._best.score:
             self._best, self.stale = self.population[0], 0
         else:

@@ -3,12 +3,15 @@ projection, evolution, GCG swaps), each spending its share of the evaluation bud
 whole state checkpointed after every step so that a killed run resumes exactly.
 
 Budget: exact evaluations, one candidate scored on one training image. A phase gets its share
-plus whatever earlier phases left unspent; the search stops early when a candidate reaches
-the objective's maximum (1).
+plus whatever earlier phases left unspent. When every phase has stopped on its own with budget
+left, another round of the phases begins from fresh random starts; the search stops when the
+budget is spent, when ``round_patience`` rounds in a row find nothing better, or when a
+candidate reaches the objective's maximum (1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pickle
 from collections.abc import Callable
@@ -29,7 +32,7 @@ from .task import CategoryTask
 from .vocab import allowed_tokens
 
 PERFECT = 1.0 - 1e-9
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass
@@ -47,6 +50,10 @@ class SearchConfig:
     # score after 704 evaluations instead of 2896.
     phases: tuple[str, ...] = ("soft", "evolution", "gcg")
     shares: tuple[float, ...] = (0.3, 0.45, 0.25)  # of the budget, per phase
+    # Phases stop on their own patience, often in a local optimum with budget left: then a new
+    # round runs the phases again from fresh random starts, until the budget is spent or this
+    # many rounds in a row end without a better alias.
+    round_patience: int = 2
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     soft: SoftConfig = field(default_factory=SoftConfig)
     gcg: GcgConfig = field(default_factory=GcgConfig)
@@ -68,6 +75,7 @@ class Outcome:
     best: Candidate
     evaluations: int
     curve: list[tuple[int, float]]  # (evaluations spent, best train score so far)
+    rounds: int  # rounds of the phases begun
 
 
 def _fit(tokens: list[int], length: int, allowed: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
@@ -75,6 +83,25 @@ def _fit(tokens: list[int], length: int, allowed: np.ndarray, rng: np.random.Gen
     kept = [t for t in tokens if allowed[t]][:length]
     fill = rng.choice(np.flatnonzero(allowed), length - len(kept)).tolist()
     return tuple(int(t) for t in kept + fill)
+
+
+@dataclass(frozen=True)
+class RoundMark:
+    """Where the search stands: the round, the phase within it, and what the round began with."""
+
+    round: int
+    phase: int  # index into SearchConfig.phases
+    spent: int  # evaluations when the round began
+    seen: int  # candidates seen when the round began (``ctx.seen`` keeps insertion order)
+    best: float  # best score when the round began
+    stale: int = 0  # rounds in a row that ended without a better best
+
+
+def _random_starts(ctx: SearchContext, cfg: SearchConfig, first: list[tuple[int, ...]]) -> list[Candidate]:
+    """``first`` and ``cfg.random_starts`` random allowed aliases, scored exactly."""
+    pool = np.flatnonzero(ctx.allowed)
+    first = first + [tuple(int(t) for t in ctx.rng.choice(pool, ctx.length)) for _ in range(cfg.random_starts)]
+    return ctx.evaluate(first)
 
 
 def _phase(name: str, ctx: SearchContext, cfg: SearchConfig, starts: list[Candidate]):
@@ -106,44 +133,52 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
     label = task.category.label
     saved = pickle.loads(state_path.read_bytes()) if state_path and state_path.is_file() else None
     if saved is not None and saved["version"] == STATE_VERSION:
-        ctx.seen = saved["seen"]
+        ctx.seen, ctx.bounds = saved["seen"], saved["bounds"]
         task.train.evaluations = saved["evaluations"]
-        curve, index, starts = saved["curve"], saved["index"], saved["starts"]
+        curve, starts, at = saved["curve"], saved["starts"], saved["at"]
     else:
         saved = None
         task.train.evaluations = 0  # the budget counts this length's evaluations only
         natural = tokenizer.encode(task.category.name) if task.category.name else []
-        first = [_fit(natural, length, allowed, ctx.rng)] if natural else []
-        first += [tuple(int(t) for t in ctx.rng.choice(np.flatnonzero(allowed), length))
-                  for _ in range(cfg.random_starts)]
-        starts = ctx.evaluate(first)
-        curve, index = [(task.train.evaluations, max(c.score for c in starts))], 0
+        starts = _random_starts(ctx, cfg, [_fit(natural, length, allowed, ctx.rng)] if natural else [])
+        at = RoundMark(0, 0, 0, 0, -np.inf)
+        curve = [(task.train.evaluations, max(c.score for c in starts))]
 
     def best_so_far() -> Candidate:
         return (_top(ctx.seen, 1, keep) or _top(ctx.seen, 1, lambda t: True))[0]
 
     best = best_so_far()
-    while index < len(cfg.phases) and best.score < PERFECT:
-        name = cfg.phases[index]
-        limit = int(cfg.budget * sum(cfg.shares[: index + 1]))
-        if saved is not None:
-            ctx.rng.bit_generator.state = saved["rng_before_phase"]
-        rng_before = ctx.rng.bit_generator.state
-        ctx.limit = limit
-        phase = _phase(name, ctx, cfg, starts)
-        if saved is not None:
-            phase.restore(saved["phase"])
-            saved = None
-        while not phase.done and task.train.evaluations < limit and best.score < PERFECT:
-            phase.step()
-            best = best_so_far()
-            curve.append((task.train.evaluations, best.score))
-            report(Progress(label, length, name, task.train.evaluations, cfg.budget, best.score))
-            if state_path is not None:
-                state = {"version": STATE_VERSION, "seen": ctx.seen, "evaluations": task.train.evaluations,
-                         "curve": curve, "index": index, "starts": starts, "rng_before_phase": rng_before,
-                         "phase": phase.state()}
-                atomic_write_bytes(state_path, pickle.dumps(state))
-        index += 1
-        starts = _top(ctx.seen, max(cfg.evolution.population, 1), keep) or starts
-    return Outcome(best, task.train.evaluations, curve)
+    while best.score < PERFECT and task.train.evaluations < cfg.budget and at.stale < cfg.round_patience:
+        if starts is None:  # a new round: fresh random starts, away from the basin of the last
+            starts = _random_starts(ctx, cfg, [])
+        while at.phase < len(cfg.phases) and best.score < PERFECT:
+            name = cfg.phases[at.phase]
+            # each round shares out what is left of the budget as the first round did
+            limit = at.spent + int((cfg.budget - at.spent) * sum(cfg.shares[: at.phase + 1]))
+            if saved is not None:
+                ctx.rng.bit_generator.state = saved["rng_before_phase"]
+            rng_before = ctx.rng.bit_generator.state
+            ctx.limit = limit
+            phase = _phase(name, ctx, cfg, starts)
+            if saved is not None:
+                phase.restore(saved["phase"])
+                saved = None
+            while not phase.done and task.train.evaluations < limit and best.score < PERFECT:
+                phase.step()
+                best = best_so_far()
+                curve.append((task.train.evaluations, best.score))
+                report(Progress(label, length, name, task.train.evaluations, cfg.budget, best.score))
+                if state_path is not None:
+                    state = {"version": STATE_VERSION, "seen": ctx.seen, "bounds": ctx.bounds,
+                             "evaluations": task.train.evaluations, "curve": curve, "starts": starts, "at": at,
+                             "rng_before_phase": rng_before, "phase": phase.state()}
+                    atomic_write_bytes(state_path, pickle.dumps(state))
+            at = dataclasses.replace(at, phase=at.phase + 1)
+            # the next phase starts from this round's best, not from earlier rounds' basins
+            this_round = {t: ctx.seen[t] for t in list(ctx.seen)[at.seen:]}
+            starts = _top(this_round, max(cfg.evolution.population, 1), keep) or starts
+        improved = best.score > at.best
+        at = RoundMark(at.round + 1, 0, task.train.evaluations, len(ctx.seen), best.score,
+                       0 if improved else at.stale + 1)
+        starts = None
+    return Outcome(best, task.train.evaluations, curve, at.round)

@@ -18,7 +18,7 @@ import numpy as np
 from mlx_alias.model.sam3 import Sam3
 from mlx_alias.tokenizer import CONTEXT_LENGTH, Tokenizer
 
-from .scorer import Scorer
+from .scorer import Pruned, Scorer
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class SearchContext:
     length: int  # alias length in tokens
     rng: np.random.Generator
     seen: dict[tuple[int, ...], float] = field(default_factory=dict)  # exact scores so far
+    bounds: dict[tuple[int, ...], float] = field(default_factory=dict)  # raced out: score at most this
     limit: int | None = None  # the scorer's evaluation count the current phase may reach
 
     def affordable(self) -> int:
@@ -49,13 +50,24 @@ class SearchContext:
             return 1 << 30
         return max(1, (self.limit - self.scorer.evaluations) // self.scorer.images)
 
-    def evaluate(self, candidates: list[tuple[int, ...]]) -> list[Candidate]:
-        """Exact scores, each distinct candidate scored once per run (repeats are free)."""
-        fresh = list(dict.fromkeys(c for c in candidates if c not in self.seen))
+    def evaluate(self, candidates: list[tuple[int, ...]], bar: float | None = None) -> list[Candidate]:
+        """Exact scores, each distinct candidate scored once per run (repeats are free).
+
+        With ``bar``, only candidates that score above it are worth knowing: the others are
+        raced (``Scorer.race``), dropped once their bound shows they cannot pass, and left out of
+        the result; a candidate dropped before under a bar as high costs nothing again. The
+        result may include earlier exact scores at or below ``bar``."""
+        fresh = list(dict.fromkeys(c for c in candidates if c not in self.seen
+                                   and not (bar is not None and self.bounds.get(c, np.inf) <= bar)))
         if fresh:
-            for tokens, result in zip(fresh, self.scorer.exact(ids_of(self.tokenizer, fresh))):
-                self.seen[tokens] = result.score
-        return [Candidate(c, self.seen[c]) for c in candidates]
+            ids = ids_of(self.tokenizer, fresh)
+            results = self.scorer.exact(ids) if bar is None else self.scorer.race(ids, bar)
+            for tokens, result in zip(fresh, results):
+                if isinstance(result, Pruned):
+                    self.bounds[tokens] = min(result.bound, self.bounds.get(tokens, np.inf))
+                else:
+                    self.seen[tokens] = result.score
+        return [Candidate(c, self.seen[c]) for c in candidates if c in self.seen]
 
     def embeddings(self) -> mx.array:
         """The token embedding table [vocab, width] (read-only for the search)."""

@@ -16,8 +16,9 @@ import numpy as np
 
 from mlx_alias.model.sam3 import ImageFeatures, Sam3
 from mlx_alias.model.text import TextFeatures
+from mlx_alias.tokenizer import PAD_ID
 
-from .objective import MaskTarget, ObjectiveConfig, SplitScore, aggregate, score_image, surrogate
+from .objective import ImageResult, MaskTarget, ObjectiveConfig, SplitScore, aggregate, score_image, surrogate
 
 
 @dataclass
@@ -39,6 +40,13 @@ class DenseTargets:
             valid[i, : len(t.masks)] = True
         keep = np.stack([~t.ignore for t in targets]).astype(np.float32)
         return cls(mx.array(masks), mx.array(valid), mx.array(keep))
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """A raced candidate dropped early: its exact score is at most ``bound``."""
+
+    bound: float
 
 
 class ExactScorer:
@@ -66,18 +74,61 @@ class ExactScorer:
         least one predicted instance (otherwise the quality is 0 or 1 from the scores alone)."""
         return self.targets[image].masks.shape[0] > 0 and bool((scores > self.config.threshold).any())
 
+    def _score_pairs(self, text, pairs: list[tuple[int, int]]) -> list[ImageResult]:
+        """Per-image results of (candidate, image) pairs, grounded ``pairs_per_batch`` at a time."""
+        results = []
+        for start in range(0, len(pairs), self.pairs_per_batch):
+            chunk = pairs[start: start + self.pairs_per_batch]
+            scores, masks = self._ground(text, [c for c, _ in chunk], [i for _, i in chunk])
+            results += [score_image(scores[k], masks[k], self.targets[i], self.config) for k, (_, i) in enumerate(chunk)]
+        self.evaluations += len(pairs)
+        return results
+
     def exact(self, ids: np.ndarray) -> list[SplitScore]:
         """Token id rows [C, context] -> each candidate's split score over all images."""
         text = self._encode(ids)
         pairs = [(c, i) for c in range(len(ids)) for i in range(self.images)]
-        results: list[list] = [[] for _ in range(len(ids))]
-        for start in range(0, len(pairs), self.pairs_per_batch):
-            chunk = pairs[start: start + self.pairs_per_batch]
-            scores, masks = self._ground(text, [c for c, _ in chunk], [i for _, i in chunk])
-            for k, (c, i) in enumerate(chunk):
-                results[c].append(score_image(scores[k], masks[k], self.targets[i], self.config))
-        self.evaluations += len(pairs)
+        results: list[list[ImageResult]] = [[] for _ in range(len(ids))]
+        for (c, _), result in zip(pairs, self._score_pairs(text, pairs)):
+            results[c].append(result)
         return [aggregate(r, self.config) for r in results]
+
+    def upper_bound(self, results: dict[int, ImageResult]) -> float:
+        """The highest split score a candidate can still reach given its results on some images:
+        every image not yet scored perfect (quality 1 on a positive, no prediction on a negative)."""
+        positives = [i for i, t in enumerate(self.targets) if t.masks.shape[0] > 0]
+        negatives = self.images - len(positives)
+        quality = sum(results[i].quality if i in results else 1.0 for i in positives) / len(positives) if positives else 0.0
+        false_positives = sum(r.predicted > 0 for r in results.values() if r.instances == 0)
+        return quality - self.config.negative_penalty * false_positives / max(negatives, 1)
+
+    def race(self, ids: np.ndarray, bar: float) -> list[SplitScore | Pruned]:
+        """Like ``exact`` for the candidates that score above ``bar``; a candidate is dropped
+        (``Pruned``, with its bound) as soon as its ``upper_bound`` shows it cannot. Images are
+        scored in rounds, positives first (where most candidates fall short), each round at
+        least ``pairs_per_batch`` pairs; only the pairs scored count as evaluations. A survivor's
+        score equals ``exact``'s to the bit (aggregated in image order)."""
+        text = self._encode(ids)
+        order = sorted(range(self.images), key=lambda i: self.targets[i].masks.shape[0] == 0)
+        results: list[dict[int, ImageResult]] = [{} for _ in range(len(ids))]
+        outcome: list[SplitScore | Pruned | None] = [None] * len(ids)
+        alive, done = list(range(len(ids))), 0
+        while alive:
+            images = order[done: done + max(1, -(-self.pairs_per_batch // len(alive)))]
+            pairs = [(c, i) for c in alive for i in images]
+            for (c, i), result in zip(pairs, self._score_pairs(text, pairs)):
+                results[c][i] = result
+            done += len(images)
+            if done == self.images:
+                break
+            for c in alive:
+                bound = self.upper_bound(results[c])
+                if bound <= bar:
+                    outcome[c] = Pruned(bound)
+            alive = [c for c in alive if outcome[c] is None]
+        for c in alive:
+            outcome[c] = aggregate([results[c][i] for i in range(self.images)], self.config)
+        return outcome
 
 
 class Scorer(ExactScorer):
@@ -93,7 +144,11 @@ class Scorer(ExactScorer):
         self.dense = DenseTargets.of(targets)
 
     def _encode(self, ids: np.ndarray) -> TextFeatures:
-        return self.model.encode_text(mx.array(ids))
+        # Padding columns after every row's end token are cut: the text encoder is causal and
+        # every attention over the text masks padding, so they change no score, and a 4-token
+        # alias runs on 6 positions instead of the context's 32.
+        used = np.flatnonzero((ids != PAD_ID).any(axis=0))
+        return self.model.encode_text(mx.array(ids[:, : int(used[-1]) + 1]))
 
     def _ground(self, text: TextFeatures, candidates: list[int], images: list[int]) -> tuple[np.ndarray, list[np.ndarray | None]]:
         which = mx.array(candidates)

@@ -139,8 +139,8 @@ class SoftPromptPhase:
         self.value = -float(loss)
         if self.taken % cfg.evaluate_every and self.taken < cfg.steps:
             return []
-        found = self.ctx.evaluate([self.projection()])
-        if self.best is None or found[0].score > self.best.score:
+        found = self.ctx.evaluate([self.projection()], None if self.best is None else self.best.score)
+        if found and (self.best is None or found[0].score > self.best.score):
             self.best, self.stale = found[0], 0
         else:
             self.stale += 1

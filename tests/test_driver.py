@@ -1,0 +1,70 @@
+"""The driver's rounds: when the phases stop on their own with budget left, fresh random starts
+begin another round, until the budget is spent or rounds stop finding better aliases; a run
+killed inside a later round resumes to the same end."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_alias.data.coco import Category
+from mlx_alias.search import driver
+from mlx_alias.search.discrete import EvolutionConfig
+from mlx_alias.search.driver import SearchConfig, search_category
+from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
+from mlx_alias.search.scorer import Scorer
+from mlx_alias.search.task import CategoryTask
+from mlx_alias.tokenizer import load_tokenizer
+
+# Evolution that gives up after two generations without gain: each round ends long before
+# the budget does.
+CONFIG = SearchConfig(budget=400, random_starts=3, phases=("evolution",), shares=(1.0,), round_patience=2,
+                      evolution=EvolutionConfig(generations=3, patience=2, population=4))
+
+
+@pytest.fixture(scope="module")
+def task(search_model) -> CategoryTask:
+    rng = np.random.default_rng(2)
+    features = search_model.encode_image(mx.array(rng.uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)))
+    size = features.levels[0].shape[1]
+    box = np.zeros((size, size), bool)
+    box[30:90, 10:70] = True
+    targets = [MaskTarget(box[None], np.zeros_like(box)), MaskTarget(box[None, ::-1], np.zeros_like(box))]
+    return CategoryTask(Category(1, None), None, Scorer(search_model, features, targets, ObjectiveConfig()), None)
+
+
+def _run(task, model, state: Path | None, config: SearchConfig = CONFIG):
+    return search_category(task, model, load_tokenizer(), config, 2, state)
+
+
+def test_rounds_continue_until_budget_or_patience(task, search_model):
+    spend_all = _run(task, search_model, None, replace(CONFIG, round_patience=10**6))
+    assert spend_all.rounds >= 2 and spend_all.evaluations >= CONFIG.budget
+    assert [e for e, _ in spend_all.curve] == sorted(e for e, _ in spend_all.curve)
+    one_stale_round = _run(task, search_model, None, replace(CONFIG, round_patience=1))
+    assert one_stale_round.rounds >= 2 and one_stale_round.evaluations < CONFIG.budget
+    # the stale round's evaluations bought nothing: the best came before it
+    last_gain = next(e for e, s in one_stale_round.curve if s == one_stale_round.best.score)
+    assert last_gain < one_stale_round.evaluations
+
+
+def test_kill_in_a_later_round_resumes_to_the_same_end(task, search_model, tmp_path, monkeypatch):
+    whole = _run(task, search_model, tmp_path / "whole.pkl")
+    original = driver.atomic_write_bytes
+
+    def killed_in_round_one(path, data):
+        original(path, data)
+        if pickle.loads(data)["at"].round == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "atomic_write_bytes", killed_in_round_one)
+    with pytest.raises(KeyboardInterrupt):
+        _run(task, search_model, tmp_path / "cut.pkl")
+    monkeypatch.setattr(driver, "atomic_write_bytes", original)
+    resumed = _run(task, search_model, tmp_path / "cut.pkl")
+    assert (resumed.best, resumed.evaluations, resumed.curve) == (whole.best, whole.evaluations, whole.curve)
