@@ -20,8 +20,11 @@ TOP_FRACTION = 0.1  # of the hidden prompt's queries that count as instances
 
 def planting_threshold(model, paths: list[Path], ids: np.ndarray) -> float:
     """Random weights are not calibrated (sam3's 0.5 is for trained ones): the demo's
-    threshold is the hidden prompt's 90th-percentile official score over the images, so that
-    about 2 of 20 queries per image are instances. Plant and search use the same threshold."""
+    threshold sits in the widest gap between the hidden prompt's sorted official scores over
+    the images, looked for around the 90th percentile (about 2 of 20 queries per image are
+    instances). A plain percentile lands inside a dense run of scores, where whether a query
+    counts is noise; in a gap, planted instances clear it by a margin. Plant and search use
+    the same threshold."""
     import mlx.core as mx
 
     from .image import load_image, preprocess
@@ -31,7 +34,16 @@ def planting_threshold(model, paths: list[Path], ids: np.ndarray) -> float:
     for path in paths:
         features = model.encode_image(mx.array(preprocess(load_image(path), model.cfg.vision.image_size)[None]))
         scores.append(np.array(model.ground(features, text).scores[0]))
-    return round(float(np.quantile(np.concatenate(scores), 1 - TOP_FRACTION)), 4)
+    return gap_threshold(np.concatenate(scores), TOP_FRACTION)
+
+
+def gap_threshold(scores: np.ndarray, fraction: float) -> float:
+    """The midpoint of the widest gap between consecutive sorted scores, among the cuts that
+    keep more than half and at most one and a half times ``fraction`` of the scores above it."""
+    ranked = np.sort(scores)[::-1]
+    lo, hi = int(len(ranked) * fraction * 0.5), int(len(ranked) * fraction * 1.5)
+    widest = lo + int(np.argmax(ranked[lo:hi] - ranked[lo + 1:hi + 1]))  # cut after ranked[widest]
+    return float((ranked[widest] + ranked[widest + 1]) / 2)
 
 
 def synthetic_images(folder: Path, count: int = IMAGES, seed: int = 0) -> list[Path]:
@@ -98,7 +110,7 @@ def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report
     paths = synthetic_images(out / "images", IMAGES, seed)
     hidden_prompt = make_prompt(HIDDEN_PROMPT, None)
     threshold = planting_threshold(model, paths, hidden_prompt.ids)
-    echo(f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold})")
+    echo(f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold:.4g})")
     planted = plant(model, out / "images", hidden_prompt, out / "dataset", threshold=threshold)
     echo(f"    {planted.positives} of {planted.images} images hold {planted.instances} instances")
     dataset = load_dataset(out / "dataset")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from mlx_alias.cli import app
-from mlx_alias.demo import planting_threshold, synthetic_images
+from mlx_alias.demo import TOP_FRACTION, gap_threshold, planting_threshold, synthetic_images
 
 runner = CliRunner()
 HIDDEN = "velvet lantern"
@@ -52,6 +53,38 @@ def test_plant_writes_a_loadable_dataset(planted):
     assert data.positives(1), "the hidden prompt predicts instances somewhere"
     hidden = json.loads((dataset / "plant.json").read_text())
     assert hidden["prompt"] == HIDDEN and hidden["threshold"] == threshold
+
+
+def test_gap_threshold_cuts_at_the_widest_gap_near_the_fraction():
+    rng = np.random.default_rng(0)
+    dense = rng.uniform(0.30, 0.31, 200)  # a near-continuous run, like a random model's scores
+    top = rng.uniform(0.35, 0.36, 20)  # 20 of 220 above a gap of 0.04
+    threshold = gap_threshold(np.concatenate([dense, top]), 0.1)
+    assert threshold == pytest.approx((dense.max() + top.min()) / 2)
+    # a wider gap further out (only 2 of 220 above it) is outside the window and ignored
+    outliers = np.array([0.9, 0.95])
+    assert gap_threshold(np.concatenate([dense, top[:-2], outliers]), 0.1) == pytest.approx(threshold, abs=0.002)
+
+
+def test_planted_instances_clear_the_threshold_by_a_margin(search_model, planted):
+    """The point of cutting in a gap: no query of the hidden prompt sits near the threshold,
+    so a neighbouring prompt that shifts scores a little does not flip instances."""
+    import mlx.core as mx
+
+    from mlx_alias.image import load_image, preprocess
+    from mlx_alias.tokenizer import load_tokenizer
+
+    dataset, threshold = planted
+    text = search_model.encode_text(mx.array(load_tokenizer()(HIDDEN)))
+    scores = []
+    for path in sorted((dataset.parent / "images").glob("*.png")):
+        image = preprocess(load_image(path), search_model.cfg.vision.image_size)[None]
+        scores.append(np.array(search_model.ground(search_model.encode_image(mx.array(image)), text).scores[0]))
+    scores = np.concatenate(scores)
+    above = (scores > threshold).mean()
+    assert TOP_FRACTION * 0.5 < above <= TOP_FRACTION * 1.5
+    percentile = np.quantile(scores, 1 - TOP_FRACTION)
+    assert np.abs(scores - threshold).min() >= np.abs(scores - percentile).min()
 
 
 def test_evaluate_mlx_and_torch_agree(search_weights, planted, tmp_path):
