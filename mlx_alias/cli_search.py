@@ -73,6 +73,8 @@ def search(
     dtype: Dtype = typer.Option(None, "--dtype", help="Compute dtype (default: the weights' dtype)."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is a predicted instance."),
     roundtrip_only: bool = typer.Option(False, "--roundtrip-only", help="Only aliases whose text re-tokenizes to the same ids."),
+    phases: str = typer.Option("soft,evolution,gcg", "--phases",
+                               help="Comma-separated search phases in order, among concept, soft, evolution, gcg."),
     cache: Path = typer.Option(Path.home() / ".cache" / "mlx-alias", "--cache", help="Image feature cache folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT."),
 ) -> None:
@@ -85,10 +87,11 @@ def search(
         from mlx_alias.search.objective import ObjectiveConfig
         from mlx_alias.search.run import run_search
 
-        data = load_dataset(dataset, images)
-        model = _model_in(weights, dtype)
         cfg = SearchConfig(lengths=tuple(dict.fromkeys(lengths)), budget=budget, holdout_fraction=holdout, seed=seed, pairs_per_batch=batch,
                            roundtrip_only=roundtrip_only, objective=ObjectiveConfig(threshold=threshold))
+        cfg = cfg.with_phases(tuple(p.strip() for p in phases.split(",")))
+        data = load_dataset(dataset, images)
+        model = _model_in(weights, dtype)
         feature_cache = FeatureCache(model, weights, cache)
 
         def show(p) -> None:

@@ -81,3 +81,24 @@ def search_model(search_weights):
     from mlx_alias.model.weights import load_model
 
     return load_model(search_weights / "mlx")
+
+
+@pytest.fixture(scope="module")
+def scorer(mlx_model):
+    """The plain tiny model's scorer over two random images, one with an instance, one negative;
+    threshold 0.25, as that model's scores sit near 0.3. One per test module, as it counts
+    evaluations."""
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
+    from mlx_alias.search.scorer import Scorer
+
+    pixels = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+    features = mlx_model.encode_image(mx.array(pixels))
+    size = features.levels[0].shape[1]
+    box = np.zeros((size, size), bool)
+    box[10:40, 20:50] = True
+    none = np.zeros_like(box)
+    targets = [MaskTarget(box[None], none), MaskTarget(np.zeros((0, size, size), bool), none)]
+    return Scorer(mlx_model, features, targets, ObjectiveConfig(threshold=0.25))

@@ -18,6 +18,7 @@ from mlx_alias.search.discrete import EvolutionConfig
 from mlx_alias.search.driver import SearchConfig, search_category
 from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
 from mlx_alias.search.scorer import Scorer
+from mlx_alias.search.soft import SoftConfig
 from mlx_alias.search.task import CategoryTask
 from mlx_alias.tokenizer import load_tokenizer
 
@@ -68,3 +69,34 @@ def test_kill_in_a_later_round_resumes_to_the_same_end(task, search_model, tmp_p
     monkeypatch.setattr(driver, "atomic_write_bytes", original)
     resumed = _run(task, search_model, tmp_path / "cut.pkl")
     assert (resumed.best, resumed.evaluations, resumed.curve) == (whole.best, whole.evaluations, whole.curve)
+
+
+def test_concept_phase_composes_and_a_kill_inside_it_resumes(task, search_model, tmp_path, monkeypatch):
+    config = replace(CONFIG.with_phases(("concept", "evolution")),
+                     concept=SoftConfig(init="random", steps=6, evaluate_every=2, patience=100))
+    phases = []
+    whole = search_category(task, search_model, load_tokenizer(), config, 2, tmp_path / "whole.pkl",
+                            lambda p: phases.append(p.phase))
+    # each round: the concept phase's six steps, then evolution from the best of them and the starts
+    assert phases[:7] == ["concept"] * 6 + ["evolution"] and set(phases) == {"concept", "evolution"}
+    original = driver.atomic_write_bytes
+
+    def killed_mid_concept(path, data):
+        original(path, data)
+        state = pickle.loads(data)
+        if state["at"].phase == 0 and state["phase"]["taken"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "atomic_write_bytes", killed_mid_concept)
+    with pytest.raises(KeyboardInterrupt):
+        _run(task, search_model, tmp_path / "cut.pkl", config)
+    monkeypatch.setattr(driver, "atomic_write_bytes", original)
+    resumed = _run(task, search_model, tmp_path / "cut.pkl", config)
+    assert (resumed.best, resumed.evaluations, resumed.curve) == (whole.best, whole.evaluations, whole.curve)
+
+
+def test_phases_are_checked():
+    assert SearchConfig().with_phases(("soft", "evolution", "gcg")) == SearchConfig()
+    for bad in [("soft", "sfot"), (), ("gcg", "gcg")]:
+        with pytest.raises(ValueError, match="phases must be distinct names"):
+            SearchConfig().with_phases(bad)

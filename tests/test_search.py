@@ -165,6 +165,9 @@ def test_search_bad_input(search_weights, planted, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("")
     clean_failure(run_cli(*search_args(search_weights, dataset, tmp_path / "d", threshold, tmp_path)), "already holds files")
+    clean_failure(run_cli(*search_args(search_weights, dataset, tmp_path / "e", threshold, tmp_path, "--phases", "soft,gsg")),
+                  "phases must be distinct names")
+    assert not (tmp_path / "e").exists()
 
 
 def test_evaluate_bad_alias_files(search_weights, planted, tmp_path):

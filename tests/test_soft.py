@@ -10,27 +10,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
+from mlx_alias.search.objective import MaskTarget
 from mlx_alias.search.phase import SearchContext
 from mlx_alias.search.scorer import Scorer
 from mlx_alias.search.soft import SoftConfig, SoftPromptPhase
 from mlx_alias.search.vocab import TokenIndex, allowed_tokens
 from mlx_alias.tokenizer import load_tokenizer
-
-CFG = ObjectiveConfig(threshold=0.25)  # the tiny random model's scores sit near 0.3
-
-
-@pytest.fixture(scope="module")
-def scorer(mlx_model):
-    """Two random images: one with an instance, one negative."""
-    pixels = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
-    features = mlx_model.encode_image(mx.array(pixels))
-    size = features.levels[0].shape[1]
-    box = np.zeros((size, size), bool)
-    box[10:40, 20:50] = True
-    none = np.zeros_like(box)
-    targets = [MaskTarget(box[None], none), MaskTarget(np.zeros((0, size, size), bool), none)]
-    return Scorer(mlx_model, features, targets, CFG)
 
 
 def context(model, scorer, seed: int, length: int = 3) -> SearchContext:
@@ -125,7 +110,7 @@ def test_compiled_gradient_matches_and_reads_current_features(mlx_model, scorer)
         if other_images:  # and the instance 20 rows lower
             pixels = np.random.default_rng(1).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
             targets = [MaskTarget(np.roll(t.masks, 20, axis=1), t.ignore) for t in scorer.targets]
-            ctx.scorer = Scorer(mlx_model, mlx_model.encode_image(mx.array(pixels)), targets, CFG)
+            ctx.scorer = Scorer(mlx_model, mlx_model.encode_image(mx.array(pixels)), targets, scorer.config)
         value, grad = phase._loss_and_grad(point)
         expected_value, expected_grad = mx.value_and_grad(phase._loss)(point)
         assert abs(float(value) - float(expected_value)) <= 1e-5 * abs(float(expected_value))

@@ -107,15 +107,22 @@ class SoftPromptPhase:
                                                      + [tok.pad_id] * (CONTEXT_LENGTH - n - 2)]))
         self._frame = {"head": frame[:, :1], "tail": frame[:, n + 1:],  # start; end and padding
                        "padding": mx.array(np.arange(CONTEXT_LENGTH) > n + 1)[None]}  # True after the end token
-        self._loss_and_grad = CompiledGradient(self._loss, lambda: [surrogate_state(self.ctx.scorer), self._frame])
+        self._loss_and_grad = CompiledGradient(self._loss, self._compiled_state)
 
     def _embed(self, ids: tuple[int, ...] | np.ndarray) -> mx.array:
         return self.ctx.embeddings()[mx.array(np.asarray(ids))].astype(mx.float32)
 
-    def _loss(self, vectors: mx.array) -> mx.array:
+    def _compiled_state(self) -> list[Any]:
+        """The containers of the arrays ``_loss`` reads (see ``CompiledGradient``)."""
+        return [surrogate_state(self.ctx.scorer), self._frame]
+
+    def _framed(self, vectors: mx.array) -> mx.array:
+        """The soft prompt [length, width] as the text encoder's input [1, context, width]."""
         head, tail = self._frame["head"], self._frame["tail"]
-        embeddings = mx.concatenate([head, vectors[None].astype(head.dtype), tail], axis=1)
-        return -self.ctx.scorer.surrogate(embeddings, self._frame["padding"])
+        return mx.concatenate([head, vectors[None].astype(head.dtype), tail], axis=1)
+
+    def _loss(self, vectors: mx.array) -> mx.array:
+        return -self.ctx.scorer.surrogate(self._framed(vectors), self._frame["padding"])
 
     @property
     def done(self) -> bool:
