@@ -54,6 +54,12 @@ def test_rounds_continue_until_budget_or_patience(task, search_model):
     assert last_gain < one_stale_round.evaluations
 
 
+def test_random_starts_stay_within_the_budget(task, search_model):
+    # 40 starts on 2 images would cost 80 evaluations; the budget pays for 15 of them
+    outcome = _run(task, search_model, None, replace(CONFIG, budget=30, random_starts=40))
+    assert outcome.evaluations == 30 and outcome.rounds == 0
+
+
 def test_kill_in_a_later_round_resumes_to_the_same_end(task, search_model, tmp_path, monkeypatch):
     whole = _run(task, search_model, tmp_path / "whole.pkl")
     original = driver.atomic_write_bytes

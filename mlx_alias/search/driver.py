@@ -117,9 +117,12 @@ class RoundMark:
 
 
 def _random_starts(ctx: SearchContext, cfg: SearchConfig, first: list[tuple[int, ...]]) -> list[Candidate]:
-    """``first`` and ``cfg.random_starts`` random allowed aliases, scored exactly."""
+    """``first`` and ``cfg.random_starts`` random allowed aliases, as many of them as the budget
+    left pays for (at least one), scored exactly."""
     pool = np.flatnonzero(ctx.allowed)
-    first = first + [tuple(int(t) for t in ctx.rng.choice(pool, ctx.length)) for _ in range(cfg.random_starts)]
+    affordable = max(1, (cfg.budget - ctx.scorer.evaluations) // ctx.scorer.images - len(first))
+    first = first + [tuple(int(t) for t in ctx.rng.choice(pool, ctx.length))
+                     for _ in range(min(cfg.random_starts, affordable))]
     return ctx.evaluate(first)
 
 
