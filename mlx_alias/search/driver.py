@@ -37,6 +37,12 @@ PERFECT = 1.0 - 1e-9
 STATE_VERSION = 2
 
 
+# Each phase's share of the budget (``SearchConfig.with_phases`` rescales them to the phases
+# chosen); the concept phase's is small, as it spends exact evaluations on a few projections only.
+PHASE_SHARES = {"concept": 0.05, "soft": 0.3, "evolution": 0.45, "gcg": 0.25}
+DEFAULT_PHASES = ("soft", "evolution", "gcg")
+
+
 @dataclass
 class SearchConfig:
     lengths: tuple[int, ...] = (4,)  # alias lengths in tokens, each searched; the best is kept
@@ -53,8 +59,8 @@ class SearchConfig:
     # The visual-concept phase is not among the defaults: on random tiny models the image and
     # text towers are not aligned (planted prompt's cosine to the concept centre 0.005, random
     # prompts' median -0.015), so there it only spends budget; see ``concept.py``.
-    phases: tuple[str, ...] = ("soft", "evolution", "gcg")
-    shares: tuple[float, ...] = (0.3, 0.45, 0.25)  # of the budget, per phase
+    phases: tuple[str, ...] = DEFAULT_PHASES
+    shares: tuple[float, ...] = tuple(PHASE_SHARES[name] for name in DEFAULT_PHASES)
     # Phases stop on their own patience, often in a local optimum with budget left: then a new
     # round runs the phases again from fresh random starts, until the budget is spent or this
     # many rounds in a row end without a better alias.
@@ -75,10 +81,6 @@ class SearchConfig:
         total = sum(PHASE_SHARES[n] for n in names)
         return dataclasses.replace(self, phases=tuple(names), shares=tuple(PHASE_SHARES[n] / total for n in names))
 
-
-# Each phase's weight when a subset is chosen (``SearchConfig.with_phases``): the defaults',
-# and the concept phase's small, as it spends exact evaluations on a few projections only.
-PHASE_SHARES = {"concept": 0.05, "soft": 0.3, "evolution": 0.45, "gcg": 0.25}
 
 
 @dataclass
