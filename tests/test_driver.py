@@ -60,20 +60,27 @@ def test_random_starts_stay_within_the_budget(task, search_model):
     assert outcome.evaluations == 30 and outcome.rounds == 0
 
 
-def test_kill_in_a_later_round_resumes_to_the_same_end(task, search_model, tmp_path, monkeypatch):
-    whole = _run(task, search_model, tmp_path / "whole.pkl")
+def _killed_then_resumed(task, model, path: Path, monkeypatch, config: SearchConfig, kill_after) -> driver.Outcome:
+    """A run killed (KeyboardInterrupt) right after the first checkpoint ``kill_after(state)``
+    accepts, then resumed from that checkpoint."""
     original = driver.atomic_write_bytes
 
-    def killed_in_round_one(path, data):
-        original(path, data)
-        if pickle.loads(data)["at"].round == 1:
+    def killed(target, data):
+        original(target, data)
+        if kill_after(pickle.loads(data)):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(driver, "atomic_write_bytes", killed_in_round_one)
+    monkeypatch.setattr(driver, "atomic_write_bytes", killed)
     with pytest.raises(KeyboardInterrupt):
-        _run(task, search_model, tmp_path / "cut.pkl")
+        _run(task, model, path, config)
     monkeypatch.setattr(driver, "atomic_write_bytes", original)
-    resumed = _run(task, search_model, tmp_path / "cut.pkl")
+    return _run(task, model, path, config)
+
+
+def test_kill_in_a_later_round_resumes_to_the_same_end(task, search_model, tmp_path, monkeypatch):
+    whole = _run(task, search_model, tmp_path / "whole.pkl")
+    resumed = _killed_then_resumed(task, search_model, tmp_path / "cut.pkl", monkeypatch, CONFIG,
+                                   lambda state: state["at"].round == 1)
     assert (resumed.best, resumed.evaluations, resumed.curve) == (whole.best, whole.evaluations, whole.curve)
 
 
@@ -85,19 +92,8 @@ def test_concept_phase_composes_and_a_kill_inside_it_resumes(task, search_model,
                             lambda p: phases.append(p.phase))
     # each round: the concept phase's six steps, then evolution from the best of them and the starts
     assert phases[:7] == ["concept"] * 6 + ["evolution"] and set(phases) == {"concept", "evolution"}
-    original = driver.atomic_write_bytes
-
-    def killed_mid_concept(path, data):
-        original(path, data)
-        state = pickle.loads(data)
-        if state["at"].phase == 0 and state["phase"]["taken"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(driver, "atomic_write_bytes", killed_mid_concept)
-    with pytest.raises(KeyboardInterrupt):
-        _run(task, search_model, tmp_path / "cut.pkl", config)
-    monkeypatch.setattr(driver, "atomic_write_bytes", original)
-    resumed = _run(task, search_model, tmp_path / "cut.pkl", config)
+    resumed = _killed_then_resumed(task, search_model, tmp_path / "cut.pkl", monkeypatch, config,
+                                   lambda state: state["at"].phase == 0 and state["phase"]["taken"] == 3)
     assert (resumed.best, resumed.evaluations, resumed.curve) == (whole.best, whole.evaluations, whole.curve)
 
 
