@@ -149,7 +149,8 @@ def test_fusion_encoder(reference, fusion, inputs, tiny_cfg):
         ref = reference_fusion(
             reference, seq_first(inputs["image"]), seq_first(inputs["positions"], 3),
             seq_first(np.array(prompt)), torch.from_numpy(np.array(padding)), grid)
-    mine = fusion(mx.array(inputs["image"]), mx.array(inputs["positions"]), prompt, padding)
+    image, positions = mx.array(inputs["image"]), mx.array(inputs["positions"])
+    mine = fusion(fusion.attend_image(image, positions), positions, prompt, padding)
     assert rel_err(mine, ref["memory"].transpose(0, 1)) < FP32
     # what FusionEncoder does not return is its input unchanged
     assert ref["padding_mask"] is None
@@ -162,11 +163,11 @@ def test_padded_text_is_ignored(fusion, inputs):
     text, padding = inputs["text"], inputs["text_padding"]
     token = mx.zeros((1, 1, text.shape[-1]))
     garbage = np.where(padding[..., None], 100.0, text).astype(np.float32)
-    image, positions = mx.array(inputs["image"]), mx.array(inputs["positions"])
-    clean = fusion(image, positions, *text_prompt(mx.array(text), mx.array(padding), token))
-    dirty = fusion(image, positions, *text_prompt(mx.array(garbage), mx.array(padding), token))
+    attended, positions = fusion.attend_image(mx.array(inputs["image"]), mx.array(inputs["positions"])), mx.array(inputs["positions"])
+    clean = fusion(attended, positions, *text_prompt(mx.array(text), mx.array(padding), token))
+    dirty = fusion(attended, positions, *text_prompt(mx.array(garbage), mx.array(padding), token))
     assert rel_err(dirty, clean) < 1e-6
-    unmasked = fusion(image, positions, *text_prompt(mx.array(garbage), mx.zeros(padding.shape, dtype=mx.bool_), token))
+    unmasked = fusion(attended, positions, *text_prompt(mx.array(garbage), mx.zeros(padding.shape, dtype=mx.bool_), token))
     assert rel_err(unmasked, clean) > 1e-2
 
 
@@ -216,7 +217,7 @@ def test_encode_prompt_and_run_encoder(reference, geometry, fusion, grounding_in
                                   geometry(image, positions))
     assert rel_err(prompt, ref_prompt.transpose(0, 1)) < FP32
     np.testing.assert_array_equal(np.array(padding), ref_padding.numpy())
-    memory = fusion(image, positions, prompt, padding)
+    memory = fusion(fusion.attend_image(image, positions), positions, prompt, padding)
     assert rel_err(memory, encoder_out["encoder_hidden_states"].transpose(0, 1)) < FP32
     assert encoder_out["prompt_after_enc"] is ref_prompt  # later stages read the prompt as given
 
@@ -225,13 +226,13 @@ def test_gradient_wrt_text_features(reference, geometry, fusion, grounding_input
     """d(sum(memory * R)) / d(text features), through the whole of both encoders."""
     features, text, image_index = grounding_inputs
     image, positions = mlx_image_inputs(features, image_index)
-    tokens = geometry(image, positions)
+    tokens, attended = geometry(image, positions), fusion.attend_image(image, positions)
     padding = mx.array(text.padding.numpy())
     weights = np.random.default_rng(4).standard_normal(tuple(image.shape)).astype(np.float32)
 
     def mlx_loss(text_memory: mx.array) -> mx.array:
         prompt, prompt_padding = text_prompt(text_memory, padding, tokens)
-        return (fusion(image, positions, prompt, prompt_padding) * mx.array(weights)).sum()
+        return (fusion(attended, positions, prompt, prompt_padding) * mx.array(weights)).sum()
 
     _, mlx_grad = mx.value_and_grad(mlx_loss)(mx.array(text.memory.numpy()))
 

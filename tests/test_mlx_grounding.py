@@ -68,6 +68,21 @@ def test_batched_equals_one_prompt_at_a_time(mlx_model, pixels, ids):
         assert rel_err(single.logits[0], batched.logits[b]) < FP32
 
 
+def test_prepared_features_ground_the_same(mlx_model, pixels, ids):
+    """``Sam3.prepare`` computes the prompt-independent start once per image instead of once
+    per prompt: the same operations on the same rows, so the same numbers to rounding (BLAS
+    may block a batch of 2 images differently from one of 4 pairs)."""
+    image = mlx_model.encode_image(mx.array(pixels))
+    prepared = mlx_model.prepare(image)
+    assert prepared.attended.shape[0] == prepared.geometry.shape[0] == len(pixels)
+    text = mlx_model.encode_text(mx.array(ids))
+    plain, fast = (mlx_model.ground(f, text, mx.array(IMAGE_INDEX)) for f in (image, prepared))
+    for key in ("logits", "presence", "boxes", "masks", "semantic"):
+        assert rel_err(getattr(fast, key), getattr(plain, key)) < 1e-6, key
+    # and the prompt still matters after the shared start
+    assert rel_err(fast.masks[2], fast.masks[1]) > 1e-3
+
+
 def test_prompt_and_image_both_matter(mlx_model, pixels, ids):
     image = mlx_model.encode_image(mx.array(pixels))
     out = mlx_model.ground(image, mlx_model.encode_text(mx.array(ids[[0, 0, 2]])), mx.array([0, 1, 0]))

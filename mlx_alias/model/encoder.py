@@ -41,9 +41,18 @@ class EncoderLayer(nn.Module):
         x) join the self-attention queries and keys, ``memory_positions`` the cross-attention
         keys; ``memory_padding`` [B, M] is True where a memory token is padding. The tokens x
         are never padding here: image tokens, or the geometry encoder's one cls token."""
+        return self.attend_memory(self.attend_self(x, positions), memory, memory_positions=memory_positions,
+                                  memory_padding=memory_padding)
+
+    def attend_self(self, x: mx.array, positions: mx.array | None = None) -> mx.array:
+        """The self-attention half: x + self-attention(norm1 x), ``positions`` on queries and keys."""
         h = self.layer_norm1(x)
         q = h if positions is None else h + positions
-        x = x + self.self_attn(q, q, h)
+        return x + self.self_attn(q, q, h)
+
+    def attend_memory(self, x: mx.array, memory: mx.array, *, memory_positions: mx.array | None = None,
+                      memory_padding: mx.array | None = None) -> mx.array:
+        """The rest: cross-attention to the memory, then the FFN."""
         h = self.layer_norm2(x)
         keys = memory if memory_positions is None else memory + memory_positions
         x = x + self.cross_attn(h, keys, memory, key_padding=memory_padding)
@@ -63,13 +72,18 @@ class FusionEncoder(nn.Module):
         super().__init__()
         self.layers = [EncoderLayer(cfg.detector) for _ in range(cfg.detector.encoder_layers)]
 
-    def __call__(self, image_tokens: mx.array, image_positions: mx.array, prompt: mx.array,
+    def attend_image(self, image_tokens: mx.array, image_positions: mx.array) -> mx.array:
+        """The first layer's self-attention, which precedes any prompt: image tokens [B, HW, d]
+        (row-major over the last kept neck level) and their position encodings [B or 1, HW, d]
+        -> [B, HW, d]. It depends on the image only, so prompts on one image can share it."""
+        return self.layers[0].attend_self(image_tokens, image_positions.astype(image_tokens.dtype))
+
+    def __call__(self, attended: mx.array, image_positions: mx.array, prompt: mx.array,
                  prompt_padding: mx.array) -> mx.array:
-        """Image tokens [B, HW, d] (row-major over the last kept neck level), their position
-        encodings [B or 1, HW, d], the prompt [B, Lp, d] and its padding [B, Lp] (True =
-        padding) -> the encoder memory [B, HW, d]."""
-        positions = image_positions.astype(image_tokens.dtype)  # sine tables are fp32 always
-        x = image_tokens
-        for layer in self.layers:
+        """``attend_image``'s output [B, HW, d], the position encodings [B or 1, HW, d], the
+        prompt [B, Lp, d] and its padding [B, Lp] (True = padding) -> the encoder memory [B, HW, d]."""
+        positions = image_positions.astype(attended.dtype)  # sine tables are fp32 always
+        x = self.layers[0].attend_memory(attended, prompt, memory_padding=prompt_padding)
+        for layer in self.layers[1:]:
             x = layer(x, prompt, positions=positions, memory_padding=prompt_padding)
         return x

@@ -4,7 +4,7 @@ pixels -> ``encode_image`` (cache it); token ids or input embeddings -> text fea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -25,6 +25,10 @@ from .vision import VisionTrunk
 class ImageFeatures:
     levels: list[mx.array]  # kept neck levels [B, h, w, d_model], highest resolution first
     positions: list[mx.array]  # their sine position encodings [h, w, d_model]
+    # What grounding computes before it reads the prompt, once per image (``Sam3.prepare``);
+    # None: computed at every call.
+    geometry: mx.array | None = None  # [B, 1, d_model] the text-only prompt's geometry token
+    attended: mx.array | None = None  # [B, h * w, d_model] ``FusionEncoder.attend_image``
 
 
 @dataclass
@@ -66,6 +70,13 @@ class Detection:
 def official_scores(logits: mx.array, presence: mx.array) -> mx.array:
     """sam3's per-query score, sigmoid(logit) * sigmoid(presence), [B, Q]."""
     return mx.sigmoid(logits) * mx.sigmoid(presence)[:, None]
+
+
+def _lowest_tokens(image: ImageFeatures) -> tuple[mx.array, mx.array]:
+    """The last kept neck level as tokens [B, h * w, d] (row-major) and its positions [1, h * w, d]."""
+    lowest, positions = image.levels[-1], image.positions[-1]
+    height, width, d = lowest.shape[1:]
+    return lowest.reshape(lowest.shape[0], height * width, d), positions.reshape(1, height * width, d)
 
 
 class VisionEncoder(nn.Module):
@@ -123,19 +134,29 @@ class Sam3(nn.Module):
         return Grounding(logits=detection.logits, presence=detection.presence, boxes=detection.boxes,
                          masks=masks, semantic=semantic)
 
+    def prepare(self, image: ImageFeatures) -> ImageFeatures:
+        """The features with grounding's prompt-independent start computed once per image: the
+        geometry token and the fusion encoder's first self-attention (at full size about a
+        tenth of the fusion encoder's work), which ``detect`` otherwise computes per prompt."""
+        tokens, positions = _lowest_tokens(image)
+        return replace(image, geometry=self.geometry_encoder(tokens, positions),
+                       attended=self.detr_encoder.attend_image(tokens, positions))
+
     def detect(self, image: ImageFeatures, text: TextFeatures, image_index: mx.array | None = None) -> Detection:
         """``ground`` up to the scores and boxes: the fusion encoder, decoder and scoring."""
         batch = text.memory.shape[0]
         if image_index is None:
             image_index = mx.zeros((batch,), dtype=mx.int32)
-        lowest, positions = image.levels[-1], image.positions[-1]
-        height, width, d = lowest.shape[1:]
-        tokens = lowest.reshape(lowest.shape[0], height * width, d)
-        positions = positions.reshape(1, height * width, d)
+        height, width = image.levels[-1].shape[1:3]
+        tokens, positions = _lowest_tokens(image)
         # The geometry token depends on the image only: once per image, then per prompt.
-        geometry = self.geometry_encoder(tokens, positions)[image_index]
-        prompt, padding = text_prompt(text.memory, text.padding, geometry)
-        memory = self.detr_encoder(tokens[image_index], positions, prompt, padding)
+        geometry = self.geometry_encoder(tokens, positions) if image.geometry is None else image.geometry
+        prompt, padding = text_prompt(text.memory, text.padding, geometry[image_index])
+        if image.attended is None:
+            attended = self.detr_encoder.attend_image(tokens[image_index], positions)
+        else:
+            attended = image.attended[image_index]
+        memory = self.detr_encoder(attended, positions, prompt, padding)
         decoded = self.detr_decoder(memory, positions, (height, width), prompt, padding)
         logits = self.dot_product_scoring(decoded.queries, prompt, padding)
         return Detection(logits=logits[..., 0], presence=decoded.presence_logit[:, 0], boxes=decoded.boxes,

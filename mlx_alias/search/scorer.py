@@ -140,7 +140,9 @@ class Scorer(ExactScorer):
         if features.levels[0].shape[0] != len(targets):
             raise ValueError(f"{features.levels[0].shape[0]} images but {len(targets)} targets")
         super().__init__(targets, config, pairs_per_batch)
-        self.model, self.features = model, features
+        self.model = model
+        self.features = model.prepare(features)  # grounding's prompt-free start, once per image
+        mx.eval(self.features.geometry, self.features.attended)
         self.dense = DenseTargets.of(targets)
 
     def _encode(self, ids: np.ndarray) -> TextFeatures:
