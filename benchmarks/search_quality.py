@@ -75,7 +75,11 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str]) ->
     tokenizer = load_tokenizer()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model, dataset, hidden, threshold = world(seed, prompt, Path(tmp), images)
+        try:
+            model, dataset, hidden, threshold = world(seed, prompt, Path(tmp), images)
+        except ValueError as exc:  # no planting threshold fits this seed's scores: no world to search
+            print(json.dumps({"seed": seed, "prompt": prompt, "skipped": str(exc)}), file=sys.stderr)
+            return []
         cache = FeatureCache(model, Path(tmp) / "mlx", None)
         objective = ObjectiveConfig(threshold=threshold)
         for method in methods:

@@ -28,22 +28,31 @@ def planting_threshold(model, paths: list[Path], ids: np.ndarray) -> float:
     import mlx.core as mx
 
     from .image import load_image, preprocess
+    from .plant import MAX_INSTANCES
 
     text = model.encode_text(mx.array(ids))
     scores = []
     for path in paths:
         features = model.encode_image(mx.array(preprocess(load_image(path), model.cfg.vision.image_size)[None]))
         scores.append(np.array(model.ground(features, text).scores[0]))
-    return gap_threshold(np.concatenate(scores), TOP_FRACTION)
+    return gap_threshold(scores, TOP_FRACTION, MAX_INSTANCES)
 
 
-def gap_threshold(scores: np.ndarray, fraction: float) -> float:
-    """The midpoint of the widest gap between consecutive sorted scores, among the cuts that
-    keep more than half and at most one and a half times ``fraction`` of the scores above it."""
-    ranked = np.sort(scores)[::-1]
+def gap_threshold(scores: list[np.ndarray], fraction: float, max_instances: int) -> float:
+    """The midpoint of the widest gap between consecutive sorted scores of all images, among
+    the cuts that keep more than half and at most one and a half times ``fraction`` of the
+    scores above them, and at most ``max_instances`` of any one image's: ``plant`` keeps that
+    many per image, so more would make the hidden prompt's own extra queries false positives.
+    Raises ValueError when no cut qualifies."""
+    ranked = np.sort(np.concatenate(scores))[::-1]
     lo, hi = int(len(ranked) * fraction * 0.5), int(len(ranked) * fraction * 1.5)
-    widest = lo + int(np.argmax(ranked[lo:hi] - ranked[lo + 1:hi + 1]))  # cut after ranked[widest]
-    return float((ranked[widest] + ranked[widest + 1]) / 2)
+    cuts = (ranked[lo:hi] + ranked[lo + 1:hi + 1]) / 2
+    most = np.array([max(int((image > cut).sum()) for image in scores) for cut in cuts])  # on one image
+    gaps = np.where(most <= max_instances, ranked[lo:hi] - ranked[lo + 1:hi + 1], -np.inf)
+    if not np.isfinite(gaps).any():
+        raise ValueError(f"the hidden prompt's scores leave no cut with {fraction * 50:.0f}-{fraction * 150:.0f}% "
+                         f"of queries above it and at most {max_instances} on any image; try another seed")
+    return float(cuts[int(np.argmax(gaps))])
 
 
 def synthetic_images(folder: Path, count: int = IMAGES, seed: int = 0) -> list[Path]:

@@ -28,6 +28,7 @@ from .segment import Prompt, rle
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CATEGORY_ID = 1
+MAX_INSTANCES = 5  # per image, best first
 
 
 @dataclass
@@ -47,7 +48,7 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def plant(model: Sam3, images: Path, prompt: Prompt, out: Path, *, threshold: float = 0.5,
-          max_instances: int = 5, name: str | None = None, overwrite: bool = False) -> PlantReport:
+          max_instances: int = MAX_INSTANCES, name: str | None = None, overwrite: bool = False) -> PlantReport:
     """Write ``out/annotations.json``, ``out/images/`` (copies) and ``out/plant.json`` (the
     hidden prompt and the rule, for benchmarks; a search never reads it)."""
     check_target(out, overwrite=overwrite)

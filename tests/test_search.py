@@ -29,7 +29,7 @@ def clean_failure(result, phrase: str) -> None:
 @pytest.fixture(scope="module")
 def planted(search_weights, search_model, tmp_path_factory) -> tuple[Path, float]:
     root = tmp_path_factory.mktemp("planted")
-    paths = synthetic_images(root / "images", 9, seed=1)
+    paths = synthetic_images(root / "images", 9, seed=2)  # seed 1: no planting threshold fits (see gap_threshold)
     from mlx_alias.tokenizer import load_tokenizer
 
     threshold = planting_threshold(search_model, paths, load_tokenizer()(HIDDEN))
@@ -57,13 +57,28 @@ def test_plant_writes_a_loadable_dataset(planted):
 
 def test_gap_threshold_cuts_at_the_widest_gap_near_the_fraction():
     rng = np.random.default_rng(0)
-    dense = rng.uniform(0.30, 0.31, 200)  # a near-continuous run, like a random model's scores
-    top = rng.uniform(0.35, 0.36, 20)  # 20 of 220 above a gap of 0.04
-    threshold = gap_threshold(np.concatenate([dense, top]), 0.1)
+    dense = rng.uniform(0.30, 0.31, (11, 18))  # a near-continuous run, like a random model's scores
+    top = rng.uniform(0.35, 0.36, (11, 2))  # 2 per image, 22 of 220 above a gap of 0.04
+    images = list(np.concatenate([dense, top], axis=1))
+    threshold = gap_threshold(images, 0.1, 5)
     assert threshold == pytest.approx((dense.max() + top.min()) / 2)
     # a wider gap further out (only 2 of 220 above it) is outside the window and ignored
-    outliers = np.array([0.9, 0.95])
-    assert gap_threshold(np.concatenate([dense, top[:-2], outliers]), 0.1) == pytest.approx(threshold, abs=0.002)
+    images[0][-1], images[1][-1] = 0.9, 0.95
+    assert gap_threshold(images, 0.1, 5) == pytest.approx(threshold, abs=0.002)
+
+
+def test_gap_threshold_plants_at_most_max_instances_per_image():
+    rng = np.random.default_rng(1)
+    images = list(rng.uniform(0.30, 0.31, (11, 20)))
+    for i, image in enumerate(images):  # the top cluster: 6 queries on image 0, 2 on each other
+        image[: 6 if i == 0 else 2] = rng.uniform(0.35, 0.36, 6 if i == 0 else 2)
+    threshold = gap_threshold(images, 0.1, 5)
+    # the gap below the cluster would keep 6 on image 0: the cut falls inside the cluster instead
+    assert 0.35 < threshold < 0.36 and (images[0] > threshold).sum() <= 5
+    assert gap_threshold(images, 0.1, 6) < 0.35
+    images[0][:12] = 0.5  # 12 on one image above any cut in the window: no planting fits
+    with pytest.raises(ValueError, match="at most 5 on any image"):
+        gap_threshold(images, 0.1, 5)
 
 
 def test_planted_instances_clear_the_threshold_by_a_margin(search_model, planted):
