@@ -69,7 +69,8 @@ def search(
                                help="Exact evaluations (candidate x training image) per category and length."),
     holdout: float = typer.Option(0.25, "--holdout", min=0.0, max=0.95, help="Fraction of images held out per category."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and of the search."),
-    batch: int = typer.Option(8, "--batch", min=1, help="(candidate, image) pairs per grounding call."),
+    batch: int = typer.Option(8, "--batch", min=0, help="(candidate, image) pairs per grounding call; 0: as many as fit "
+                              "in half the free memory (measured; larger batches prune raced candidates later)."),
     dtype: Dtype = typer.Option(None, "--dtype", help="Compute dtype (default: the weights' dtype)."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is a predicted instance."),
     roundtrip_only: bool = typer.Option(False, "--roundtrip-only", help="Only aliases whose text re-tokenizes to the same ids."),
@@ -166,7 +167,8 @@ def evaluate(
     holdout: float = typer.Option(0.25, "--holdout", min=0.0, max=0.95, help="Holdout fraction, when the split is not in the alias file."),
     seed: int = typer.Option(0, "--seed", help="Split seed, when the split is not in the alias file."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is a predicted instance."),
-    batch: int = typer.Option(8, "--batch", min=1, help="(candidate, image) pairs per grounding call."),
+    batch: int = typer.Option(8, "--batch", min=0, help="(candidate, image) pairs per grounding call; 0 (MLX only): "
+                              "as many as fit in half the free memory (measured)."),
     backend: Backend = typer.Option(Backend.mlx, "--backend", help="mlx, or torch (the reference; needs --checkpoint)."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="With --backend torch: the PyTorch checkpoint."),
     cache: Path = typer.Option(Path.home() / ".cache" / "mlx-alias", "--cache", help="Image feature cache folder (MLX)."),
@@ -189,6 +191,8 @@ def evaluate(
         if backend is Backend.torch:
             if checkpoint is None:
                 raise ValueError("--backend torch needs --checkpoint (the PyTorch weights)")
+            if not batch:
+                raise ValueError("--batch 0 (measured from free memory) is for the MLX backend; give a number")
             from mlx_alias.reference.checkpoint import load_model as load_reference
             from mlx_alias.reference.scoring import TorchScorer
 
@@ -203,11 +207,14 @@ def evaluate(
             from mlx_alias.search.cache import FeatureCache
             from mlx_alias.search.task import scorer_for
 
+            from mlx_alias.search.batching import pairs_that_fit
+
             model = load_weights(weights)
             feature_cache = FeatureCache(model, weights, cache)
+            pairs = batch or pairs_that_fit(model, feature_cache.get([next(iter(data.images.values())).path]))
 
             def make_scorer(cid: int, ids: list[int]):
-                return scorer_for(model, feature_cache, data, cid, ids, objective, batch)
+                return scorer_for(model, feature_cache, data, cid, ids, objective, pairs)
 
         chosen = _categories(categories, data) if categories else None
         rows = run(data, tokenizer, make_scorer, which=split.value, aliases=entries, prompts=prompt or None,

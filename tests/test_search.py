@@ -135,6 +135,26 @@ def test_search_then_evaluate(search_weights, planted, tmp_path):
     assert row["tokens"] == entry["tokens"] and row["score"] == pytest.approx(entry["train_score"], abs=1e-6)
 
 
+def test_batch_from_free_memory(search_weights, planted, tmp_path):
+    """--batch 0: search records the measured batch and a resume keeps it; evaluate scores the
+    same as with a given batch."""
+    dataset, threshold = planted
+    out = tmp_path / "run"
+    first = run_cli(*search_args(search_weights, dataset, out, threshold, tmp_path, "--batch", 0, "--budget", 40))
+    assert first.exit_code == 0 and "measured to fit" in first.output, first.output
+    measured = json.loads((out / "run.json").read_text())["search"]["pairs_per_batch"]
+    assert measured >= 1
+    again = run_cli(*search_args(search_weights, dataset, out, threshold, tmp_path, "--batch", 0, "--budget", 40, "--resume"))
+    assert again.exit_code == 0 and "measured to fit" not in again.output, again.output
+    common = ["evaluate", "--weights", search_weights / "mlx", "--dataset", dataset, "--prompt", HIDDEN,
+              "--split", "all", "--threshold", threshold, "--json", "--cache", tmp_path]
+    scores = [[json.loads(line)["score"] for line in run_cli(*common, "--batch", b).output.splitlines()
+               if line.startswith("{")] for b in (0, 3)]
+    assert scores[0] and scores[0] == pytest.approx(scores[1], abs=1e-6)
+    clean_failure(run_cli(*common, "--batch", 0, "--backend", "torch", "--checkpoint", search_weights / "sam3"),
+                  "is for the MLX backend")
+
+
 def test_interrupted_search_resumes_to_the_same_end(search_weights, planted, tmp_path, monkeypatch):
     from mlx_alias.search import driver
 

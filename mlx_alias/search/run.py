@@ -21,6 +21,7 @@ from mlx_alias.files import atomic_write_bytes
 from mlx_alias.model.sam3 import Sam3
 from mlx_alias.tokenizer import load_tokenizer
 
+from .batching import pairs_that_fit
 from .cache import FeatureCache
 from .driver import Progress, SearchConfig, search_category
 from .phase import ids_of
@@ -35,6 +36,23 @@ class RunError(ValueError):
 def _settings(cfg: SearchConfig, fingerprint: str, dataset: Dataset, categories: list[int]) -> dict:
     return {"search": json.loads(json.dumps(dataclasses.asdict(cfg))), "weights": fingerprint,
             "dataset": str(dataset.annotation_file), "categories": categories}
+
+
+def _with_batch(cfg: SearchConfig, model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path, resume: bool,
+                echo: Callable[[str], None]) -> SearchConfig:
+    """``pairs_per_batch`` 0 means as many pairs as fit in free memory: measured on the dataset's
+    first image, or, on resume, the number the run started with (racing's rounds follow the
+    batch, so the same number keeps a resumed search on its course)."""
+    if cfg.pairs_per_batch:
+        return cfg
+    meta = run_dir / "run.json"
+    if resume and meta.is_file():
+        started = json.loads(meta.read_text()).get("search", {}).get("pairs_per_batch")
+        if started:
+            return dataclasses.replace(cfg, pairs_per_batch=started)
+    pairs = pairs_that_fit(model, cache.get([next(iter(dataset.images.values())).path]))
+    echo(f"{pairs} (candidate, image) pairs per grounding call (measured to fit in half the free memory)")
+    return dataclasses.replace(cfg, pairs_per_batch=pairs)
 
 
 def _write_json(path: Path, data) -> None:
@@ -79,6 +97,7 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
     tokenizer = load_tokenizer()
     for category_id in categories:
         dataset.check_category(category_id)
+    cfg = _with_batch(cfg, model, cache, dataset, run_dir, resume, echo)
     entries = prepare_run(run_dir, _settings(cfg, cache.fingerprint, dataset, categories), resume)
     finished = {e["category_id"] for e in entries}
     for category_id in categories:
