@@ -204,10 +204,9 @@ def evaluate(
                 return TorchScorer(reference, [data.images[i].path for i in ids], targets, objective, batch,
                                    cfg.vision.image_size)
         else:
+            from mlx_alias.search.batching import pairs_that_fit
             from mlx_alias.search.cache import FeatureCache
             from mlx_alias.search.task import scorer_for
-
-            from mlx_alias.search.batching import pairs_that_fit
 
             model = load_weights(weights)
             feature_cache = FeatureCache(model, weights, cache)

@@ -10,7 +10,9 @@ from mlx_alias.model.sam3 import ImageFeatures, Sam3
 from mlx_alias.tokenizer import load_tokenizer
 
 MEMORY_SHARE = 0.5  # the rest is left to the soft-prompt step, caches and other processes
-MOST_PAIRS = 256  # beyond this a grounding call gains nothing measurable on any backend we ran
+# A cap: racing scores in rounds of at least a batch, so an unbounded batch (a tiny model's pair
+# is 16.5 MB) would score every raced candidate on nearly every image.
+MOST_PAIRS = 256
 
 
 def pairs_that_fit(model: Sam3, image: ImageFeatures, share: float = MEMORY_SHARE, most: int = MOST_PAIRS) -> int:
