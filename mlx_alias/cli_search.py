@@ -204,13 +204,13 @@ def evaluate(
                 return TorchScorer(reference, [data.images[i].path for i in ids], targets, objective, batch,
                                    cfg.vision.image_size)
         else:
-            from mlx_alias.search.batching import pairs_that_fit
+            from mlx_alias.search.batching import pairs_for
             from mlx_alias.search.cache import FeatureCache
             from mlx_alias.search.task import scorer_for
 
             model = load_weights(weights)
             feature_cache = FeatureCache(model, weights, cache)
-            pairs = batch or pairs_that_fit(model, feature_cache.get([next(iter(data.images.values())).path]))
+            pairs = batch or pairs_for(model, feature_cache, data)
 
             def make_scorer(cid: int, ids: list[int]):
                 return scorer_for(model, feature_cache, data, cid, ids, objective, pairs)

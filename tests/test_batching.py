@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_alias.search.batching import _grounding_peak, pairs_that_fit
+from mlx_alias.search.batching import _grounding_peak, first_image, pairs_that_fit
 
 
 @pytest.fixture(scope="module")
@@ -16,19 +16,24 @@ def image(mlx_model, tiny_cfg):
     return mlx_model.encode_image(mx.array(pixels))
 
 
-def test_grounding_memory_grows_linearly_with_the_pairs(mlx_model, image):
-    _grounding_peak(mlx_model, image, 1)  # the first call allocates what later ones reuse
-    two, four, eight = (_grounding_peak(mlx_model, image, n) for n in (2, 4, 8))
+@pytest.fixture(scope="module")
+def first(mlx_model, image):
+    return first_image(mlx_model, image)
+
+
+def test_grounding_memory_grows_linearly_with_the_pairs(mlx_model, first):
+    _grounding_peak(mlx_model, first, 1)  # the first call allocates what later ones reuse
+    two, four, eight = (_grounding_peak(mlx_model, first, n) for n in (2, 4, 8))
     assert two > 0 and (eight - four) == pytest.approx(2 * (four - two), rel=0.05)
 
 
-def test_the_chosen_batch_fits_its_share_of_free_memory(mlx_model, image):
-    per_pair = (_grounding_peak(mlx_model, image, 4) - _grounding_peak(mlx_model, image, 2)) / 2
+def test_the_chosen_batch_fits_its_share_of_free_memory(mlx_model, image, first):
+    per_pair = (_grounding_peak(mlx_model, first, 4) - _grounding_peak(mlx_model, first, 2)) / 2
     free = mx.get_memory_limit() - mx.get_active_memory()
     share = 10.5 * per_pair / free  # room for about ten pairs
     pairs = pairs_that_fit(mlx_model, image, share)
     assert 5 <= pairs <= 12
-    assert _grounding_peak(mlx_model, image, pairs) <= share * free
+    assert _grounding_peak(mlx_model, first, pairs) <= share * free
 
 
 def test_the_batch_stays_within_one_and_most(mlx_model, image):

@@ -163,7 +163,8 @@ def test_padded_text_is_ignored(fusion, inputs):
     text, padding = inputs["text"], inputs["text_padding"]
     token = mx.zeros((1, 1, text.shape[-1]))
     garbage = np.where(padding[..., None], 100.0, text).astype(np.float32)
-    attended, positions = fusion.attend_image(mx.array(inputs["image"]), mx.array(inputs["positions"])), mx.array(inputs["positions"])
+    positions = mx.array(inputs["positions"])
+    attended = fusion.attend_image(mx.array(inputs["image"]), positions)
     clean = fusion(attended, positions, *text_prompt(mx.array(text), mx.array(padding), token))
     dirty = fusion(attended, positions, *text_prompt(mx.array(garbage), mx.array(padding), token))
     assert rel_err(dirty, clean) < 1e-6

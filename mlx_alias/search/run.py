@@ -21,7 +21,7 @@ from mlx_alias.files import atomic_write_bytes
 from mlx_alias.model.sam3 import Sam3
 from mlx_alias.tokenizer import load_tokenizer
 
-from .batching import pairs_that_fit
+from .batching import pairs_for
 from .cache import FeatureCache
 from .driver import Progress, SearchConfig, search_category
 from .phase import ids_of
@@ -50,7 +50,7 @@ def _with_batch(cfg: SearchConfig, model: Sam3, cache: FeatureCache, dataset: Da
         started = json.loads(meta.read_text()).get("search", {}).get("pairs_per_batch")
         if started:
             return dataclasses.replace(cfg, pairs_per_batch=started)
-    pairs = pairs_that_fit(model, cache.get([next(iter(dataset.images.values())).path]))
+    pairs = pairs_for(model, cache, dataset)
     echo(f"{pairs} (candidate, image) pairs per grounding call (measured to fit in half the free memory)")
     return dataclasses.replace(cfg, pairs_per_batch=pairs)
 
