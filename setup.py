@@ -1,0 +1,15 @@
+"""Build the fused CPU attention (mlx_alias/cpu_attention) on Linux, where MLX's own CPU attention
+is scalar; macOS's CPU backend is vectorised (Accelerate) and needs none. The project's metadata
+is in pyproject.toml."""
+
+import sys
+
+from setuptools import setup
+
+if sys.platform.startswith("linux"):
+    from mlx import extension
+
+    setup(ext_modules=[extension.CMakeExtension("mlx_alias._cpu_attention", sourcedir="mlx_alias/cpu_attention")],
+          cmdclass={"build_ext": extension.CMakeBuild})
+else:
+    setup()
