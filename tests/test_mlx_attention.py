@@ -1,4 +1,4 @@
-"""``attend`` on the CPU (its own softmax, see ``mlx_alias/model/common.py``) against a float64
+"""``attend`` on the CPU (the fused kernel on Linux, see ``mlx_alias/model/common.py``) against a float64
 reference and against MLX's ``scaled_dot_product_attention``, with every kind of mask the model
 passes: none, a key padding mask, an additive bias with padded keys at -inf.
 
@@ -14,6 +14,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_alias.model import common
 from mlx_alias.model.common import attend
 
 FP32 = 1e-5
@@ -71,20 +72,41 @@ def test_attend_blocks_and_half_precision():
         assert rel(half, expected) <= 5e-3
 
 
-def test_attend_gradient_and_masked_keys():
-    """The gradient matches sdpa's, and padded keys get exactly none (they get weight 0)."""
-    q, k, v, mask, _ = inputs("padding")
+@pytest.mark.parametrize("kind", ["padding", "bias"])
+@pytest.mark.parametrize("block", [None, 2000])
+def test_attend_gradient_and_masked_keys(kind, block, monkeypatch):
+    """The gradient (the additive mask's too) matches sdpa's, whole and in blocks of query rows
+    (``block`` scores at a time), and padded keys get exactly none (they get weight 0)."""
+    if block:
+        monkeypatch.setattr(common, "_BLOCK_SCORES", block)  # 70 x 90 scores per pair: 4 row blocks
+    q, k, v, mask, _ = inputs(kind)
     weights = mx.array(np.random.default_rng(1).standard_normal((2, 3, 70, 16)).astype(np.float32))
+    differentiable = kind == "bias"
 
     def loss(fn):
-        return lambda q, k, v: (fn(q, k, v) * weights).sum()
+        return lambda q, k, v, m: (fn(q, k, v, m if differentiable else mask) * weights).sum()
 
-    def sdpa(q, k, v):
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask)
+    def sdpa(q, k, v, m):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=m)
 
-    args = [mx.array(x) for x in (q, k, v)]
-    mine = mx.grad(loss(lambda q, k, v: attend(q, k, v, mask)), argnums=(0, 1, 2))(*args)
-    theirs = mx.grad(loss(sdpa), argnums=(0, 1, 2))(*args)
+    args = [mx.array(x) for x in (q, k, v)] + [mask]
+    argnums = (0, 1, 2, 3) if differentiable else (0, 1, 2)
+    mine = mx.grad(loss(attend), argnums=argnums)(*args)
+    theirs = mx.grad(loss(sdpa), argnums=argnums)(*args)
     for a, b in zip(mine, theirs):
-        assert rel(a, np.array(b).astype(np.float64)) <= FP32
+        a, b = np.array(a), np.array(b)
+        finite = np.isfinite(b)  # sdpa's mask gradient is NaN at -inf entries; ours is 0 there
+        assert rel(mx.array(np.where(finite, a, 0)), np.where(finite, b, 0).astype(np.float64)) <= FP32
     assert not np.array(mine[1])[1, :, -20:].any() and not np.array(mine[2])[1, :, -20:].any()
+
+
+def test_kernel_refuses_another_mlx(monkeypatch):
+    """A C++ extension is bound to the MLX it was compiled against: another one is refused in
+    one sentence rather than run."""
+    if not common._FUSED_CPU_ATTENTION:
+        pytest.skip("the fused CPU kernel is built on Linux only")
+    from mlx_alias import _cpu_attention
+
+    monkeypatch.setattr(_cpu_attention, "mlx_version", "0.0.1")
+    with pytest.raises(ImportError, match="built against MLX 0.0.1 but MLX .* is installed"):
+        common._cpu_kernel()

@@ -25,27 +25,21 @@ def attend(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | str | None = 
     """Scaled dot-product attention over [B, heads, L, D] inputs; a boolean ``mask`` is True
     where a query may attend (the opposite of torch's key_padding_mask), an additive one is
     added to the scores."""
-    if _SCALAR_CPU_EXP and mx.default_device().type == mx.cpu and not isinstance(mask, str):
+    if _FUSED_CPU_ATTENTION and mx.default_device().type == mx.cpu and not isinstance(mask, str):
         return _attend_cpu(q, k, v, mask)
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=q.shape[-1] ** -0.5, mask=mask)
 
 
-# Attention on the CPU. MLX's CPU exp is scalar outside macOS (its SIMD layer is one lane wide
-# there, and on x86-64 each polynomial step calls libm's fma): ~60M values/s, so exp took 3.7 s
-# of the 4.6 s that sdpa spent on one 5,184-token, 8-head fusion-encoder layer on a 2-core x86
-# CPU. The same attention is computed here in 1.2 s (torch: 0.5 s), closer to the exact result:
-#   - exp as 2**n * 2**f with Cephes' polynomial for 2**f (the one MLX's exp uses), in
-#     mx.compile'd kernels that the CPU JIT vectorises: branch-free, because the exponents are
-#     clamped before they reach them (under mx.grad MLX runs compiled functions op by op: 4x
-#     slower there, still faster than mx.exp; mx.compile around the whole step fuses them);
-#   - the softmax denominator from the probabilities @ [v, 1] matmul: BLAS sums blockwise where
-#     MLX's sum runs one float32 accumulator over 5,184 terms (output 7.8e-7 from float64, as
-#     torch, instead of 4.6e-6);
-#   - blocks of about _BLOCK_SCORES scores, so that temporaries stay in cache (and under MLX's
-#     32 MB buffer cache, beyond which every allocation page-faults afresh);
-#   - float32 throughout: half-precision matmuls run 10x slower than float32 on the CPU.
-_SCALAR_CPU_EXP = sys.platform != "darwin"  # macOS's CPU backend has a vector exp (Accelerate)
-_BLOCK_SCORES = 1 << 19  # 2 MB of float32 scores per block: 4x larger ran up to 1.7x slower
+# Attention on the CPU. Outside macOS, MLX's CPU exp and reductions are scalar and single-threaded
+# (its SIMD layer is one lane wide there): its sdpa spent 4.6 s on one 5,184-token, 8-head
+# fusion-encoder layer on a 2-core x86 CPU, 3.7 s of it in exp. On Linux the forward pass is the
+# fused, threaded kernel of mlx_alias/cpu_attention (scores, softmax and weighted values per block
+# of query rows while it is in cache; 0.46 s for two such layers, torch 0.50 s), built at install.
+# Its backward pass is written here in MLX ops, flash-attention style: the probabilities are
+# recomputed from the kernel's log-sum-exp, their exp by the vectorised kernels below. Float32
+# throughout: half-precision matmuls run 10x slower than float32 on the CPU.
+_FUSED_CPU_ATTENTION = sys.platform.startswith("linux")
+_BLOCK_SCORES = 1 << 22  # scores per backward block: 16 MB of float32 temporaries at a time
 _LOG2E = 1.4426950408889634
 _FLOOR = -127.0  # exponents clamped here get the power 2**-127 written as bits 0: weight exactly 0
 _ROUND = 12582912.0  # 1.5 * 2**23: (t + _ROUND) - _ROUND is t rounded to an integer
@@ -55,7 +49,7 @@ _EXP2 = (1.0, 6.931472028550421e-1, 2.402264791363012e-1, 5.550332471162809e-2,
 
 @mx.compile
 def _exponents(scores: mx.array, top: mx.array) -> mx.array:
-    """(scores - row maximum) in base 2, clamped to [_FLOOR, 0] (masked -inf included)."""
+    """(scores - top) in base 2, clamped to [_FLOOR, 0] (masked -inf included)."""
     return mx.maximum((scores - top) * _LOG2E, _FLOOR)
 
 
@@ -77,53 +71,86 @@ def _times_fraction_power(t: mx.array, powers: mx.array) -> mx.array:
     return (low + (f2 * f2) * high) * powers
 
 
-@mx.custom_function
-def _softmax_numerators(scores: mx.array) -> mx.array:
-    """exp(scores - their maximum over the last axis), float32; 0 where that is below ~2**-126.5."""
-    t = _exponents(scores, scores.max(-1, keepdims=True))
+def _exp_below(scores: mx.array, top: mx.array) -> mx.array:
+    """exp(scores - top) for scores <= top (float32; 0 where that is below ~2**-126.5): MLX's
+    CPU exp is scalar (see above)."""
+    t = _exponents(scores, top)
     return _times_fraction_power(t, mx.view(_integer_powers(t), mx.float32))
 
 
-@_softmax_numerators.vjp
-def _softmax_numerators_vjp(primals: tuple[mx.array], cotangent: mx.array, output: mx.array) -> mx.array:
-    # Exact for the softmax these feed, in which the maximum cancels.
-    return cotangent * output
+def _cpu_kernel():
+    from mlx_alias import _cpu_attention  # built by setup.py on Linux
+
+    if _cpu_attention.mlx_version != mx.__version__:
+        raise ImportError(f"mlx_alias's CPU attention was built against MLX {_cpu_attention.mlx_version} but "
+                          f"MLX {mx.__version__} is installed; reinstall mlx-alias")
+    return _cpu_attention.cpu_attention
+
+
+@mx.custom_function
+def _fused_attention(q: mx.array, k: mx.array, v: mx.array, *mask: mx.array) -> tuple[mx.array, mx.array]:
+    """(softmax(q k^T / sqrt D + mask) v, the rows' log-sum-exp) for float32 q [P, L, D],
+    k [P, S, D], v [P, S, Dv] and an optional additive mask [P, 1 or L, S]."""
+    out, log_sum_exp = _cpu_kernel()(q, k, v, q.shape[-1] ** -0.5, mask[0] if mask else None)
+    return out, log_sum_exp
+
+
+@_fused_attention.vjp
+def _fused_attention_vjp(primals: tuple[mx.array, ...], cotangents: tuple[mx.array, mx.array],
+                         outputs: tuple[mx.array, mx.array]) -> tuple[mx.array, ...]:
+    # The log-sum-exp output is for this backward pass only: its cotangent is ignored. Blocks of
+    # (pair, query rows) keep the recomputed probabilities small; dk and dv sum over row blocks.
+    q, k, v, *mask = primals
+    d_out, (out, log_sum_exp) = cotangents[0], outputs
+    pairs, length, dim = q.shape
+    keys, scale = k.shape[1], dim**-0.5
+    step = max(1, _BLOCK_SCORES // (length * keys))
+    rows = length if step > 1 else max(1, _BLOCK_SCORES // keys)
+    delta = (d_out * out).sum(-1, keepdims=True)  # [P, L, 1]: sum_j p_ij dp_ij
+    dq, dk, dv, dmask = [], [], [], []
+    for p0 in range(0, pairs, step):
+        block = slice(p0, p0 + step)
+        k_b, v_b = k[block], v[block]
+        dq_rows, dk_b, dv_b, dmask_rows = [], 0.0, 0.0, []
+        for r0 in range(0, length, rows):
+            span = (block, slice(r0, r0 + rows))
+            q_r, g_r = q[span], d_out[span]
+            scores = (q_r * scale) @ k_b.swapaxes(1, 2)
+            if mask:
+                scores = scores + (mask[0][block] if mask[0].shape[1] == 1 else mask[0][span])
+            probs = _exp_below(scores, log_sum_exp[span][..., None])
+            d_scores = probs * (g_r @ v_b.swapaxes(1, 2) - delta[span])
+            dq_rows.append((d_scores @ k_b) * scale)
+            dk_b = dk_b + (d_scores.swapaxes(1, 2) @ q_r) * scale
+            dv_b = dv_b + probs.swapaxes(1, 2) @ g_r
+            dmask_rows.append(d_scores)
+        dq.append(mx.concatenate(dq_rows, axis=1))
+        dk.append(dk_b)
+        dv.append(dv_b)
+        if mask:
+            d_mask = mx.concatenate(dmask_rows, axis=1)
+            dmask.append(d_mask.sum(1, keepdims=True) if mask[0].shape[1] == 1 else d_mask)
+    grads = [mx.concatenate(g, axis=0) for g in (dq, dk, dv)]
+    return tuple(grads + ([mx.concatenate(dmask, axis=0)] if mask else []))
 
 
 def _attend_cpu(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
-    """``attend`` for the CPU (see above), in float32, returned in q's dtype. A block holds whole
-    (batch, head) pairs when their scores fit, else rows of one pair: thin matmuls (a few query
-    rows of many pairs) ran 2-3x slower. Blocks are cut with mx.split, not slices: the gradient
-    of each slice is a zero array the size of the whole input."""
+    """``attend`` on the CPU through the fused kernel (see above), in float32, returned in q's
+    dtype; a boolean mask becomes an additive one (0 or -inf)."""
     batch, heads, length, dim = q.shape
-    keys, pairs, dtype = k.shape[2], batch * heads, q.dtype
-    q = q.astype(mx.float32).reshape(pairs, length, dim) * dim**-0.5
-    k = k.astype(mx.float32).reshape(pairs, keys, dim).swapaxes(1, 2)
-    v = v.astype(mx.float32).reshape(pairs, keys, v.shape[-1])
-    v = mx.concatenate([v, mx.ones((pairs, keys, 1), mx.float32)], axis=-1)  # [v, 1]: see above
-    step = max(1, _BLOCK_SCORES // (length * keys))
-    rows = length if step > 1 else max(1, _BLOCK_SCORES // keys)
-    cuts, row_cuts = list(range(step, pairs, step)), list(range(rows, length, rows))
-    masks = [None] * (len(cuts) + 1)
+    pairs, keys, dtype = batch * heads, k.shape[2], q.dtype
+
+    def flat(x: mx.array) -> mx.array:
+        return mx.contiguous(x.astype(mx.float32).reshape(pairs, x.shape[2], x.shape[3]))
+
+    extra = []
     if mask is not None:
-        mask = mx.broadcast_to(mask, (batch, heads, mask.shape[-2] if mask.ndim > 1 else 1, keys))
-        masks = mx.split(mask.reshape(pairs, -1, keys), cuts)
-    out = []
-    for q_pairs, k_pairs, v_pairs, mask_pairs in zip(mx.split(q, cuts), mx.split(k, cuts), mx.split(v, cuts),
-                                                      masks):
-        row_masks = [mask_pairs] * (len(row_cuts) + 1)
-        if mask_pairs is not None and mask_pairs.shape[1] > 1:
-            row_masks = mx.split(mask_pairs, row_cuts, axis=1)
-        parts = []
-        for q_rows, mask_rows in zip(mx.split(q_pairs, row_cuts, axis=1), row_masks):
-            scores = q_rows @ k_pairs
-            if mask_rows is not None:
-                scores = (mx.where(mask_rows, scores, -mx.inf) if mask_rows.dtype == mx.bool_
-                          else scores + mask_rows)
-            summed = _softmax_numerators(scores) @ v_pairs  # [weighted values, total]
-            parts.append(summed[..., :-1] / summed[..., -1:])
-        out.append(mx.concatenate(parts, axis=1))
-    return mx.concatenate(out, axis=0).reshape(batch, heads, length, -1).astype(dtype)
+        if mask.dtype == mx.bool_:
+            mask = mx.where(mask, mx.array(0.0, mx.float32), mx.array(-mx.inf, mx.float32))
+        mask_rows = mask.shape[-2] if mask.ndim > 1 else 1
+        extra = [flat(mx.broadcast_to(mask.astype(mx.float32), (batch, heads, mask_rows, keys)))]
+    out, _ = _fused_attention(flat(q), flat(k), flat(v), *extra)
+    return out.reshape(batch, heads, length, -1).astype(dtype)
 
 
 # Exact GELU on the CPU. MLX's CPU erf is scalar outside macOS, as its exp (see above): nn.gelu
@@ -131,6 +158,7 @@ def _attend_cpu(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) ->
 # comes from Eigen's float32 erf (XLA's too: a 9/12-degree rational in x, within 3 ulp on
 # |x/sqrt 2| <= 3.8325, beyond which erf rounds to +-1) in one compiled kernel: 0.2 s. GELU keeps
 # the erf form (not the tanh approximation) because torch's nn.GELU(), which sam3 uses, does.
+_SCALAR_CPU_EXP = sys.platform != "darwin"  # macOS's CPU backend has a vector erf (Accelerate)
 _ERF_LIMIT = 3.832506856900711 * math.sqrt(2)  # |x| beyond which erf(x / sqrt 2) is +-1 in float32
 # Eigen's coefficients in z = x / sqrt 2 (erf(z) = z P(z^2) / Q(z^2)), rewritten for x^2 so that
 # the kernel saves the scaling step: MLX fuses graphs at most 11 operations deep, and this one,
