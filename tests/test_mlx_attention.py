@@ -110,3 +110,15 @@ def test_kernel_refuses_another_mlx(monkeypatch):
     monkeypatch.setattr(_cpu_attention, "mlx_version", "0.0.1")
     with pytest.raises(ImportError, match="built against MLX 0.0.1 but MLX .* is installed"):
         common._cpu_kernel()
+
+
+def test_kernel_missing_is_one_sentence(monkeypatch):
+    """Installed with MLX_ALIAS_CPU_KERNEL=0, the CPU path says so instead of failing obscurely."""
+    import sys
+
+    import mlx_alias
+
+    monkeypatch.delattr(mlx_alias, "_cpu_attention", raising=False)
+    monkeypatch.setitem(sys.modules, "mlx_alias._cpu_attention", None)  # import raises ModuleNotFoundError
+    with pytest.raises(ImportError, match="CPU attention extension is not built"):
+        common._cpu_kernel()

@@ -79,7 +79,11 @@ def _exp_below(scores: mx.array, top: mx.array) -> mx.array:
 
 
 def _cpu_kernel():
-    from mlx_alias import _cpu_attention  # built by setup.py on Linux
+    try:
+        from mlx_alias import _cpu_attention  # built by setup.py on Linux
+    except ModuleNotFoundError:
+        raise ImportError("mlx_alias's CPU attention extension is not built (MLX_ALIAS_CPU_KERNEL=0 at install?); "
+                          "reinstall mlx-alias with pip to run on the CPU") from None
 
     if _cpu_attention.mlx_version != mx.__version__:
         raise ImportError(f"mlx_alias's CPU attention was built against MLX {_cpu_attention.mlx_version} but "
