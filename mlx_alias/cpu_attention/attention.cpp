@@ -1,24 +1,21 @@
-// Fused scaled dot-product attention for MLX's CPU backend, float32.
+// Fused scaled dot-product attention for MLX's CPU backend, float32, and its backward pass.
 //
 // Why: outside macOS MLX's CPU exp and reductions are scalar and single-threaded, so an
 // attention over SAM3's 5,184 image tokens spent most of its time in the softmax (see
 // mlx_alias/model/common.py). Here each thread takes blocks of query rows of one (batch, head)
 // pair and computes scores, softmax and the weighted values while the block is in cache, with
-// register-tiled kernels written in GCC vector extensions (AVX2/FMA or NEON, as compiled).
+// register-tiled kernels (kernels.h). The backward pass recomputes the probabilities from the
+// forward pass's log-sum-exp, one thread per (batch, head) pair.
 //
 // Inputs: q [P, L, D], k [P, S, D], v [P, S, Dv] and optionally an additive mask [P, 1 or L, S],
 // all row-contiguous float32. Outputs: [P, L, Dv] = softmax(scale * q k^T + mask) v, and the
 // rows' log-sum-exp [P, L] (what a backward pass needs to recompute the probabilities). A row
 // whose scores are all -inf gives NaN, as MLX's and torch's attention do.
 
-#include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <cstdint>
-#include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -33,82 +30,12 @@
 #include "mlx/primitives.h"
 #include "mlx/version.h"
 
+#include "kernels.h"
+
 namespace nb = nanobind;
 namespace mx = mlx::core;
 
 namespace {
-
-typedef float f8 __attribute__((vector_size(32)));
-typedef int32_t i8 __attribute__((vector_size(32)));
-
-constexpr int kTileRows = 6;   // 6 rows x 16 columns: 12 accumulators, 2 loads, 1 broadcast
-constexpr int kTileCols = 16;  // two 8-float vectors
-constexpr int kKeyChunk = 256;  // keys per pass of the value kernel: a [256, 16] slice of v in L1
-constexpr size_t kScoreBlockFloats = 1 << 18;  // 1 MB of scores per thread: fastest of 2^15-2^19
-
-inline f8 load(const float* p) {
-  f8 x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
-inline void store(float* p, f8 x) { std::memcpy(p, &x, sizeof(x)); }
-inline f8 splat(float a) { return f8{a, a, a, a, a, a, a, a}; }
-inline f8 maximum(f8 a, f8 b) { return a > b ? a : b; }
-
-// exp(x) for x <= 0 as 2^n * 2^f, Cephes' polynomial for 2^f on |f| <= 1/2 (the one MLX's exp
-// uses); exponents below -127 are clamped there, where 2^n is written as bits 0: weight 0.
-inline f8 exp_nonpositive(f8 x) {
-  const f8 t = maximum(x * 1.4426950408889634f, splat(-127.0f));
-  const f8 n = (t + 12582912.0f) - 12582912.0f;  // round to nearest: 1.5 * 2^23 trick
-  const f8 f = t - n;
-  f8 p = splat(1.535336188319500e-4f);
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.0f;
-  const i8 bits = (__builtin_convertvector(n, i8) + 127) << 23;
-  f8 power;
-  std::memcpy(&power, &bits, sizeof(power));
-  return p * power;
-}
-
-struct Shapes {
-  int pairs, rows, keys, dim, value_dim, mask_rows;  // mask_rows: 0 (no mask), 1 or rows
-  int keys_padded, value_padded;  // keys to a multiple of 16; value width to a multiple of 16
-};
-
-// Per pair, k transposed to [D, keys_padded] (zero columns) and v to [keys_padded, value_padded]
-// (zero rows and columns), so that the kernels run on whole tiles.
-void pack_pair(const Shapes& s, const float* k, const float* v, float* kt, float* vp) {
-  std::fill(kt, kt + size_t(s.dim) * s.keys_padded, 0.0f);
-  std::fill(vp, vp + size_t(s.keys_padded) * s.value_padded, 0.0f);
-  for (int j = 0; j < s.keys; ++j) {
-    for (int d = 0; d < s.dim; ++d) kt[size_t(d) * s.keys_padded + j] = k[size_t(j) * s.dim + d];
-    std::memcpy(vp + size_t(j) * s.value_padded, v + size_t(j) * s.value_dim, sizeof(float) * s.value_dim);
-  }
-}
-
-// scores[r, j] = scale * sum_d q[r, d] kt[d, j] for a tile of kTileRows rows (q rows padded).
-void score_tile(const Shapes& s, const float* q, const float* kt, float* scores) {
-  for (int j = 0; j < s.keys_padded; j += kTileCols) {
-    f8 acc[kTileRows][2] = {};
-    for (int d = 0; d < s.dim; ++d) {
-      const f8 k0 = load(kt + size_t(d) * s.keys_padded + j);
-      const f8 k1 = load(kt + size_t(d) * s.keys_padded + j + 8);
-      for (int r = 0; r < kTileRows; ++r) {
-        const f8 a = splat(q[r * s.dim + d]);
-        acc[r][0] += a * k0;
-        acc[r][1] += a * k1;
-      }
-    }
-    for (int r = 0; r < kTileRows; ++r) {
-      store(scores + size_t(r) * s.keys_padded + j, acc[r][0]);
-      store(scores + size_t(r) * s.keys_padded + j + 8, acc[r][1]);
-    }
-  }
-}
 
 // One row in place: scale, add the mask, subtract the maximum, exponentiate; padding keys get 0.
 // Returns the row's maximum and sum.
@@ -146,78 +73,44 @@ std::pair<float, float> softmax_numerators(const Shapes& s, float scale, const f
   return {m, sum};
 }
 
-// out[r, c] += sum_j p[r, j] vp[j, c] over keys [j0, j1), a tile of kTileRows rows.
-void value_tile(const Shapes& s, const float* p, const float* vp, int j0, int j1, float* out) {
-  for (int c = 0; c < s.value_padded; c += kTileCols) {
-    f8 acc[kTileRows][2];
-    for (int r = 0; r < kTileRows; ++r) {
-      acc[r][0] = load(out + r * s.value_padded + c);
-      acc[r][1] = load(out + r * s.value_padded + c + 8);
-    }
-    for (int j = j0; j < j1; ++j) {
-      const f8 v0 = load(vp + size_t(j) * s.value_padded + c);
-      const f8 v1 = load(vp + size_t(j) * s.value_padded + c + 8);
-      for (int r = 0; r < kTileRows; ++r) {
-        const f8 a = splat(p[size_t(r) * s.keys_padded + j]);
-        acc[r][0] += a * v0;
-        acc[r][1] += a * v1;
-      }
-    }
-    for (int r = 0; r < kTileRows; ++r) {
-      store(out + r * s.value_padded + c, acc[r][0]);
-      store(out + r * s.value_padded + c + 8, acc[r][1]);
-    }
-  }
+// Query rows per block: its scores fill about kScoreBlockFloats (whole tiles).
+int block_rows(const Shapes& s) {
+  return std::max<int>(kTileRows, kScoreBlockFloats / s.keys_padded / kTileRows * kTileRows);
 }
 
-template <class Work>
-void in_parallel(int tasks, Work work) {
-  const int threads = std::max(1, std::min<int>(tasks, std::thread::hardware_concurrency()));
-  std::atomic<int> next{0};
-  auto loop = [&] {
-    for (int t = next++; t < tasks; t = next++) work(t);
-  };
-  std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i) pool.emplace_back(loop);
-  loop();
-  for (auto& thread : pool) thread.join();
+const float* mask_row(const Shapes& s, const float* mask, int pair, int row) {
+  if (!s.mask_rows) return nullptr;
+  return mask + (size_t(pair) * s.mask_rows + (s.mask_rows == 1 ? 0 : std::min(row, s.rows - 1))) * s.keys;
 }
 
 void attend(const Shapes& s, float scale, const float* q, const float* k, const float* v, const float* mask,
             float* out, float* log_sum_exp) {
+  // Per pair, k^T [D, keys_padded] and v [keys_padded, value_padded], zero-padded to whole tiles.
   const size_t kt_size = size_t(s.dim) * s.keys_padded, vp_size = size_t(s.keys_padded) * s.value_padded;
   std::vector<float> packed(size_t(s.pairs) * (kt_size + vp_size));
   in_parallel(s.pairs, [&](int p) {
     float* kt = packed.data() + size_t(p) * (kt_size + vp_size);
-    pack_pair(s, k + size_t(p) * s.keys * s.dim, v + size_t(p) * s.keys * s.value_dim, kt, kt + kt_size);
+    transpose(k + size_t(p) * s.keys * s.dim, s.keys, s.dim, s.dim, kt, s.keys_padded, s.dim);
+    pad(v + size_t(p) * s.keys * s.value_dim, s.keys, s.value_dim, kt + kt_size, s.keys_padded, s.value_padded);
   });
-  const int block = std::max<int>(kTileRows, kScoreBlockFloats / s.keys_padded / kTileRows * kTileRows);
-  const int blocks_per_pair = (s.rows + block - 1) / block;
+  const int block = block_rows(s), blocks_per_pair = (s.rows + block - 1) / block;
   in_parallel(s.pairs * blocks_per_pair, [&](int task) {
     const int p = task / blocks_per_pair, r0 = task % blocks_per_pair * block;
-    const int n = std::min(block, s.rows - r0), tiles = (n + kTileRows - 1) / kTileRows;
+    const int n = std::min(block, s.rows - r0), padded = round_up(n, kTileRows);
     const float* kt = packed.data() + size_t(p) * (kt_size + vp_size);
-    const float* vp = kt + kt_size;
     thread_local std::vector<float> scores, queries, values;
     thread_local std::vector<std::pair<float, float>> totals;
-    scores.resize(size_t(tiles) * kTileRows * s.keys_padded);
-    queries.assign(size_t(tiles) * kTileRows * s.dim, 0.0f);
-    values.assign(size_t(tiles) * kTileRows * s.value_padded, 0.0f);
-    totals.resize(size_t(tiles) * kTileRows);
-    std::memcpy(queries.data(), q + (size_t(p) * s.rows + r0) * s.dim, sizeof(float) * n * s.dim);
-    for (int t = 0; t < tiles; ++t)
-      score_tile(s, queries.data() + size_t(t) * kTileRows * s.dim, kt,
-                 scores.data() + size_t(t) * kTileRows * s.keys_padded);
-    for (int r = 0; r < tiles * kTileRows; ++r) {
-      const float* mask_row = nullptr;
-      if (s.mask_rows)
-        mask_row = mask + (size_t(p) * s.mask_rows + (s.mask_rows == 1 ? 0 : std::min(r0 + r, s.rows - 1))) * s.keys;
-      totals[r] = softmax_numerators(s, scale, mask_row, scores.data() + size_t(r) * s.keys_padded);
-    }
-    for (int j0 = 0; j0 < s.keys_padded; j0 += kKeyChunk)
-      for (int t = 0; t < tiles; ++t)
-        value_tile(s, scores.data() + size_t(t) * kTileRows * s.keys_padded, vp, j0,
-                   std::min(j0 + kKeyChunk, s.keys_padded), values.data() + size_t(t) * kTileRows * s.value_padded);
+    scores.resize(size_t(padded) * s.keys_padded);
+    queries.resize(size_t(padded) * s.dim);
+    values.resize(size_t(padded) * s.value_padded);
+    totals.resize(padded);
+    pad(q + (size_t(p) * s.rows + r0) * s.dim, n, s.dim, queries.data(), padded, s.dim);
+    gemm_rows(queries.data(), s.dim, padded, kt, s.keys_padded, s.dim, s.keys_padded, scores.data(), s.keys_padded,
+              false);
+    for (int r = 0; r < padded; ++r)
+      totals[r] = softmax_numerators(s, scale, mask_row(s, mask, p, r0 + r), scores.data() + size_t(r) * s.keys_padded);
+    gemm_rows(scores.data(), s.keys_padded, padded, kt + kt_size, s.value_padded, s.keys_padded, s.value_padded,
+              values.data(), s.value_padded, false);
     for (int r = 0; r < n; ++r) {
       float* o = out + (size_t(p) * s.rows + r0 + r) * s.value_dim;
       const auto [top, total] = totals[r];
@@ -228,29 +121,120 @@ void attend(const Shapes& s, float scale, const float* q, const float* k, const 
   });
 }
 
+// The gradients of attend's output: with P the probabilities (recomputed from the log-sum-exp),
+// dP = dO v^T, dS = P (dP - rowsum(dO * O)), dq = scale dS k, dk = scale dS^T q, dv = P^T dO and,
+// for an additive mask, dmask = dS (summed over rows for a [P, 1, S] mask). One thread per pair:
+// dk and dv sum over all its query blocks.
+void attend_backward(const Shapes& s, float scale, const float* q, const float* k, const float* v,
+                     const float* mask, const float* out, const float* log_sum_exp, const float* d_out, float* dq,
+                     float* dk, float* dv, float* d_mask) {
+  const int dim16 = round_up(s.dim, kTileCols), block = block_rows(s);
+  const int keys6 = round_up(s.keys_padded, kTileRows);  // key rows of dk and dv, in whole tiles
+  in_parallel(s.pairs, [&](int p) {
+    const float *kp = k + size_t(p) * s.keys * s.dim, *vp = v + size_t(p) * s.keys * s.value_dim;
+    std::vector<float> kt(size_t(s.dim) * s.keys_padded), vt(size_t(s.value_dim) * s.keys_padded),
+        k_rows(size_t(s.keys_padded) * dim16), k_grad(size_t(keys6) * dim16, 0.0f),
+        v_grad(size_t(keys6) * s.value_padded, 0.0f);
+    transpose(kp, s.keys, s.dim, s.dim, kt.data(), s.keys_padded, s.dim);
+    transpose(vp, s.keys, s.value_dim, s.value_dim, vt.data(), s.keys_padded, s.value_dim);
+    pad(kp, s.keys, s.dim, k_rows.data(), s.keys_padded, dim16);
+    if (d_mask) std::fill(d_mask + size_t(p) * s.mask_rows * s.keys, d_mask + size_t(p + 1) * s.mask_rows * s.keys, 0.0f);
+    std::vector<float> probs, d_scores, flipped, queries, grads, q_grad, delta;
+    for (int r0 = 0; r0 < s.rows; r0 += block) {
+      const int n = std::min(block, s.rows - r0), padded = round_up(n, kTileRows);
+      const size_t row0 = size_t(p) * s.rows + r0;
+      probs.resize(size_t(padded) * s.keys_padded);
+      d_scores.resize(size_t(padded) * s.keys_padded);
+      flipped.resize(size_t(keys6) * padded);
+      q_grad.resize(size_t(padded) * dim16);
+      queries.resize(size_t(padded) * dim16);
+      pad(q + row0 * s.dim, n, s.dim, queries.data(), padded, dim16);
+      grads.resize(size_t(padded) * s.value_padded);
+      pad(d_out + row0 * s.value_dim, n, s.value_dim, grads.data(), padded, s.value_padded);
+      delta.assign(padded, 0.0f);
+      for (int r = 0; r < n; ++r)
+        for (int c = 0; c < s.value_dim; ++c)
+          delta[r] += d_out[(row0 + r) * s.value_dim + c] * out[(row0 + r) * s.value_dim + c];
+      gemm_rows(queries.data(), dim16, padded, kt.data(), s.keys_padded, s.dim, s.keys_padded, probs.data(),
+                s.keys_padded, false);
+      gemm_rows(grads.data(), s.value_padded, padded, vt.data(), s.keys_padded, s.value_dim, s.keys_padded,
+                d_scores.data(), s.keys_padded, false);
+      for (int r = 0; r < padded; ++r) {
+        float *pr = probs.data() + size_t(r) * s.keys_padded, *dr = d_scores.data() + size_t(r) * s.keys_padded;
+        if (r >= n) {  // padding rows: no gradient
+          std::fill(pr, pr + s.keys_padded, 0.0f);
+          std::fill(dr, dr + s.keys_padded, 0.0f);
+          continue;
+        }
+        const float* m = mask_row(s, mask, p, r0 + r);
+        const f8 lse = splat(log_sum_exp[row0 + r]), dd = splat(delta[r]);
+        for (int j = 0; j < s.keys_padded; j += 8) {
+          f8 x = load(pr + j) * scale;
+          if (j + 8 <= s.keys) {
+            if (m) x += load(m + j);
+          } else {  // the last partial vector and the padding keys
+            for (int i = 0; i < 8; ++i) x[i] = j + i < s.keys ? x[i] + (m ? m[j + i] : 0.0f) : -INFINITY;
+          }
+          const f8 prob = exp_nonpositive(x - lse);
+          store(pr + j, prob);
+          store(dr + j, prob * (load(dr + j) - dd));
+        }
+        if (d_mask) {
+          float* g = d_mask + (size_t(p) * s.mask_rows + (s.mask_rows == 1 ? 0 : r0 + r)) * s.keys;
+          for (int j = 0; j < s.keys; ++j) g[j] += dr[j];
+        }
+      }
+      gemm_rows(d_scores.data(), s.keys_padded, padded, k_rows.data(), dim16, s.keys_padded, dim16, q_grad.data(),
+                dim16, false);
+      for (int r = 0; r < n; ++r)
+        for (int d = 0; d < s.dim; ++d) dq[(row0 + r) * s.dim + d] = scale * q_grad[size_t(r) * dim16 + d];
+      transpose(probs.data(), padded, s.keys_padded, s.keys_padded, flipped.data(), padded, keys6);
+      gemm_rows(flipped.data(), padded, keys6, grads.data(), s.value_padded, padded, s.value_padded, v_grad.data(),
+                s.value_padded, true);
+      transpose(d_scores.data(), padded, s.keys_padded, s.keys_padded, flipped.data(), padded, keys6);
+      gemm_rows(flipped.data(), padded, keys6, queries.data(), dim16, padded, dim16, k_grad.data(), dim16, true);
+    }
+    for (int j = 0; j < s.keys; ++j) {
+      for (int d = 0; d < s.dim; ++d) dk[(size_t(p) * s.keys + j) * s.dim + d] = scale * k_grad[size_t(j) * dim16 + d];
+      for (int c = 0; c < s.value_dim; ++c)
+        dv[(size_t(p) * s.keys + j) * s.value_dim + c] = v_grad[size_t(j) * s.value_padded + c];
+    }
+  });
+}
+
+// The forward pass (inputs q, k, v[, mask]; outputs attention, log-sum-exp) or its backward
+// (inputs q, k, v, attention, log-sum-exp, cotangent[, mask]; outputs dq, dk, dv[, dmask]).
 class CpuAttention : public mx::Primitive {
  public:
-  CpuAttention(mx::Stream stream, float scale) : mx::Primitive(stream), scale_(scale) {}
+  CpuAttention(mx::Stream stream, float scale, bool backward)
+      : mx::Primitive(stream), scale_(scale), backward_(backward) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    const auto &q = inputs[0], &k = inputs[1], &v = inputs[2];
-    auto &out = outputs[0], &log_sum_exp = outputs[1];
     for (const auto& x : inputs)
       if (!x.flags().row_contiguous || x.dtype() != mx::float32)
         throw std::invalid_argument("cpu_attention: inputs must be row-contiguous float32");
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    log_sum_exp.set_data(mx::allocator::malloc(log_sum_exp.nbytes()));
+    const auto &q = inputs[0], &k = inputs[1], &v = inputs[2];
+    const size_t mask_input = backward_ ? 6 : 3;
+    const float* mask = inputs.size() > mask_input ? inputs[mask_input].data<float>() : nullptr;
     Shapes s{int(q.shape(0)), int(q.shape(1)), int(k.shape(1)), int(q.shape(2)), int(v.shape(2)),
-             inputs.size() > 3 ? int(inputs[3].shape(1)) : 0, 0, 0};
-    s.keys_padded = (s.keys + kTileCols - 1) / kTileCols * kTileCols;
-    s.value_padded = (s.value_dim + kTileCols - 1) / kTileCols * kTileCols;
+             mask ? int(inputs[mask_input].shape(1)) : 0, round_up(int(k.shape(1)), kTileCols),
+             round_up(int(v.shape(2)), kTileCols)};
     auto& encoder = mx::cpu::get_command_encoder(stream());
     for (const auto& x : inputs) encoder.set_input_array(x);
-    encoder.set_output_array(out);
-    encoder.set_output_array(log_sum_exp);
-    encoder.dispatch([s, scale = scale_, q = q.data<float>(), k = k.data<float>(), v = v.data<float>(),
-                      mask = inputs.size() > 3 ? inputs[3].data<float>() : nullptr, o = out.data<float>(), lse = log_sum_exp.data<float>()]() {
-      attend(s, scale, q, k, v, mask, o, lse);
+    std::vector<float*> o;
+    for (auto& x : outputs) {
+      x.set_data(mx::allocator::malloc(x.nbytes()));
+      encoder.set_output_array(x);
+      o.push_back(x.data<float>());
+    }
+    std::vector<const float*> in;
+    for (const auto& x : inputs) in.push_back(x.data<float>());
+    encoder.dispatch([s, scale = scale_, backward = backward_, in, o, mask]() {
+      if (backward)
+        attend_backward(s, scale, in[0], in[1], in[2], mask, in[3], in[4], in[5], o[0], o[1], o[2],
+                        mask ? o[3] : nullptr);
+      else
+        attend(s, scale, in[0], in[1], in[2], mask, o[0], o[1]);
     });
   }
 
@@ -258,35 +242,54 @@ class CpuAttention : public mx::Primitive {
     throw std::runtime_error("cpu_attention runs on the CPU only");
   }
 
-  const char* name() const override { return "CpuAttention"; }
+  const char* name() const override { return backward_ ? "CpuAttentionBackward" : "CpuAttention"; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    return scale_ == static_cast<const CpuAttention&>(other).scale_;
-  }
-
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    return {{inputs[0].shape(0), inputs[0].shape(1), inputs[2].shape(2)}, {inputs[0].shape(0), inputs[0].shape(1)}};
+    const auto& that = static_cast<const CpuAttention&>(other);
+    return scale_ == that.scale_ && backward_ == that.backward_;
   }
 
  private:
   float scale_;
+  bool backward_;
 };
 
-std::vector<mx::array> cpu_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
-                        std::optional<mx::array> mask) {
+void check_shapes(const mx::array& q, const mx::array& k, const mx::array& v, const std::optional<mx::array>& mask) {
   if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || k.shape(0) != q.shape(0) || v.shape(0) != q.shape(0) ||
       k.shape(2) != q.shape(2) || v.shape(1) != k.shape(1))
     throw std::invalid_argument("cpu_attention: expected q [P, L, D], k [P, S, D], v [P, S, Dv]");
+  if (mask && (mask->ndim() != 3 || mask->shape(0) != q.shape(0) || mask->shape(2) != k.shape(1) ||
+               (mask->shape(1) != 1 && mask->shape(1) != q.shape(1))))
+    throw std::invalid_argument("cpu_attention: expected an additive mask [P, 1 or L, S]");
+}
+
+std::vector<mx::array> cpu_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                                     std::optional<mx::array> mask) {
+  check_shapes(q, k, v, mask);
   std::vector<mx::array> inputs{q, k, v};
-  if (mask) {
-    if (mask->ndim() != 3 || mask->shape(0) != q.shape(0) || mask->shape(2) != k.shape(1) ||
-        (mask->shape(1) != 1 && mask->shape(1) != q.shape(1)))
-      throw std::invalid_argument("cpu_attention: expected an additive mask [P, 1 or L, S]");
-    inputs.push_back(*mask);
-  }
-  const mx::Stream stream = mx::default_stream(mx::Device::cpu);
+  if (mask) inputs.push_back(*mask);
   return mx::array::make_arrays({{q.shape(0), q.shape(1), v.shape(2)}, {q.shape(0), q.shape(1)}},
-                               {mx::float32, mx::float32}, std::make_shared<CpuAttention>(stream, scale), inputs);
+                               {mx::float32, mx::float32},
+                               std::make_shared<CpuAttention>(mx::default_stream(mx::Device::cpu), scale, false),
+                               inputs);
+}
+
+std::vector<mx::array> cpu_attention_backward(const mx::array& q, const mx::array& k, const mx::array& v,
+                                              const mx::array& out, const mx::array& log_sum_exp,
+                                              const mx::array& d_out, float scale, std::optional<mx::array> mask) {
+  check_shapes(q, k, v, mask);
+  if (out.shape() != mx::Shape{q.shape(0), q.shape(1), v.shape(2)} || d_out.shape() != out.shape() ||
+      log_sum_exp.shape() != mx::Shape{q.shape(0), q.shape(1)})
+    throw std::invalid_argument("cpu_attention_backward: out and d_out must be [P, L, Dv], log_sum_exp [P, L]");
+  std::vector<mx::array> inputs{q, k, v, out, log_sum_exp, d_out};
+  std::vector<mx::Shape> shapes{q.shape(), k.shape(), v.shape()};
+  if (mask) {
+    inputs.push_back(*mask);
+    shapes.push_back(mask->shape());
+  }
+  return mx::array::make_arrays(shapes, std::vector<mx::Dtype>(shapes.size(), mx::float32),
+                               std::make_shared<CpuAttention>(mx::default_stream(mx::Device::cpu), scale, true),
+                               inputs);
 }
 
 }  // namespace
@@ -297,6 +300,9 @@ NB_MODULE(_cpu_attention, m) {
         nb::arg("mask") = nb::none(),
         "(softmax(scale * q k^T + mask) v, the rows' log-sum-exp) for row-contiguous float32 q [P, L, D], "
         "k [P, S, D], v [P, S, Dv] and an optional additive mask [P, 1 or L, S].");
+  m.def("cpu_attention_backward", &cpu_attention_backward, nb::arg("q"), nb::arg("k"), nb::arg("v"),
+        nb::arg("out"), nb::arg("log_sum_exp"), nb::arg("d_out"), nb::arg("scale"), nb::arg("mask") = nb::none(),
+        "[dq, dk, dv(, dmask)]: cpu_attention's gradients for the cotangent d_out of its output.");
   // The MLX this was compiled against: its C++ ABI must be the one loaded (checked on import).
   m.attr("mlx_version") = std::to_string(MLX_VERSION_MAJOR) + "." + std::to_string(MLX_VERSION_MINOR) + "." +
                           std::to_string(MLX_VERSION_PATCH);
