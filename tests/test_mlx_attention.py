@@ -73,14 +73,13 @@ def test_attend_blocks_and_half_precision():
 
 
 @pytest.mark.parametrize("kind", ["padding", "bias"])
-@pytest.mark.parametrize("block", [None, 2000])
-def test_attend_gradient_and_masked_keys(kind, block, monkeypatch):
-    """The gradient (the additive mask's too) matches sdpa's, whole and in blocks of query rows
-    (``block`` scores at a time), and padded keys get exactly none (they get weight 0)."""
-    if block:
-        monkeypatch.setattr(common, "_BLOCK_SCORES", block)  # 70 x 90 scores per pair: 4 row blocks
-    q, k, v, mask, _ = inputs(kind)
-    weights = mx.array(np.random.default_rng(1).standard_normal((2, 3, 70, 16)).astype(np.float32))
+@pytest.mark.parametrize("queries, keys", [(70, 90), (400, 1500)])
+def test_attend_gradient_and_masked_keys(kind, queries, keys):
+    """The gradient (the additive mask's too) matches sdpa's, in one block of query rows and in
+    several (1,500 keys: blocks of 174 rows, the last partial), and padded keys get exactly none
+    (they get weight 0)."""
+    q, k, v, mask, _ = inputs(kind, queries, keys)
+    weights = mx.array(np.random.default_rng(1).standard_normal((2, 3, queries, 16)).astype(np.float32))
     differentiable = kind == "bias"
 
     def loss(fn):

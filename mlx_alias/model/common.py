@@ -35,47 +35,9 @@ def attend(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | str | None = 
 # fusion-encoder layer on a 2-core x86 CPU, 3.7 s of it in exp. On Linux the forward pass is the
 # fused, threaded kernel of mlx_alias/cpu_attention (scores, softmax and weighted values per block
 # of query rows while it is in cache; 0.46 s for two such layers, torch 0.50 s), built at install.
-# Its backward pass is written here in MLX ops, flash-attention style: the probabilities are
-# recomputed from the kernel's log-sum-exp, their exp by the vectorised kernels below. Float32
-# throughout: half-precision matmuls run 10x slower than float32 on the CPU.
+# Its backward pass is a second kernel there, flash-attention style: the probabilities recomputed
+# from the forward pass's log-sum-exp. Float32 throughout.
 _FUSED_CPU_ATTENTION = sys.platform.startswith("linux")
-_BLOCK_SCORES = 1 << 22  # scores per backward block: 16 MB of float32 temporaries at a time
-_LOG2E = 1.4426950408889634
-_FLOOR = -127.0  # exponents clamped here get the power 2**-127 written as bits 0: weight exactly 0
-_ROUND = 12582912.0  # 1.5 * 2**23: (t + _ROUND) - _ROUND is t rounded to an integer
-_EXP2 = (1.0, 6.931472028550421e-1, 2.402264791363012e-1, 5.550332471162809e-2,
-         9.618437357674640e-3, 1.339887440266574e-3, 1.535336188319500e-4)  # 2**f on |f| <= 1/2
-
-
-@mx.compile
-def _exponents(scores: mx.array, top: mx.array) -> mx.array:
-    """(scores - top) in base 2, clamped to [_FLOOR, 0] (masked -inf included)."""
-    return mx.maximum((scores - top) * _LOG2E, _FLOOR)
-
-
-@mx.compile
-def _integer_powers(t: mx.array) -> mx.array:
-    """2**round(t) as float32 bit patterns (int32): the biased exponent round(t) + 127 in place."""
-    return ((((t + _ROUND) - _ROUND) + 127.0) * 8388608.0).astype(mx.int32)
-
-
-@mx.compile
-def _times_fraction_power(t: mx.array, powers: mx.array) -> mx.array:
-    """powers * 2**f for f = t - round(t); Estrin's scheme keeps the graph within MLX's fusion
-    depth (11), so that this is one kernel."""
-    f = t - ((t + _ROUND) - _ROUND)
-    f2 = f * f
-    c = _EXP2
-    low = (c[0] + c[1] * f) + f2 * (c[2] + c[3] * f)
-    high = (c[4] + c[5] * f) + f2 * c[6]
-    return (low + (f2 * f2) * high) * powers
-
-
-def _exp_below(scores: mx.array, top: mx.array) -> mx.array:
-    """exp(scores - top) for scores <= top (float32; 0 where that is below ~2**-126.5): MLX's
-    CPU exp is scalar (see above)."""
-    t = _exponents(scores, top)
-    return _times_fraction_power(t, mx.view(_integer_powers(t), mx.float32))
 
 
 def _cpu_kernel():
@@ -88,54 +50,25 @@ def _cpu_kernel():
     if _cpu_attention.mlx_version != mx.__version__:
         raise ImportError(f"mlx_alias's CPU attention was built against MLX {_cpu_attention.mlx_version} but "
                           f"MLX {mx.__version__} is installed; reinstall mlx-alias")
-    return _cpu_attention.cpu_attention
+    return _cpu_attention
 
 
 @mx.custom_function
 def _fused_attention(q: mx.array, k: mx.array, v: mx.array, *mask: mx.array) -> tuple[mx.array, mx.array]:
     """(softmax(q k^T / sqrt D + mask) v, the rows' log-sum-exp) for float32 q [P, L, D],
     k [P, S, D], v [P, S, Dv] and an optional additive mask [P, 1 or L, S]."""
-    out, log_sum_exp = _cpu_kernel()(q, k, v, q.shape[-1] ** -0.5, mask[0] if mask else None)
+    out, log_sum_exp = _cpu_kernel().cpu_attention(q, k, v, q.shape[-1] ** -0.5, mask[0] if mask else None)
     return out, log_sum_exp
 
 
 @_fused_attention.vjp
 def _fused_attention_vjp(primals: tuple[mx.array, ...], cotangents: tuple[mx.array, mx.array],
                          outputs: tuple[mx.array, mx.array]) -> tuple[mx.array, ...]:
-    # The log-sum-exp output is for this backward pass only: its cotangent is ignored. Blocks of
-    # (pair, query rows) keep the recomputed probabilities small; dk and dv sum over row blocks.
+    # The log-sum-exp output is for the backward kernel only: its cotangent is ignored.
     q, k, v, *mask = primals
-    d_out, (out, log_sum_exp) = cotangents[0], outputs
-    pairs, length, dim = q.shape
-    keys, scale = k.shape[1], dim**-0.5
-    step = max(1, _BLOCK_SCORES // (length * keys))
-    rows = length if step > 1 else max(1, _BLOCK_SCORES // keys)
-    delta = (d_out * out).sum(-1, keepdims=True)  # [P, L, 1]: sum_j p_ij dp_ij
-    dq, dk, dv, dmask = [], [], [], []
-    for p0 in range(0, pairs, step):
-        block = slice(p0, p0 + step)
-        k_b, v_b = k[block], v[block]
-        dq_rows, dk_b, dv_b, dmask_rows = [], 0.0, 0.0, []
-        for r0 in range(0, length, rows):
-            span = (block, slice(r0, r0 + rows))
-            q_r, g_r = q[span], d_out[span]
-            scores = (q_r * scale) @ k_b.swapaxes(1, 2)
-            if mask:
-                scores = scores + (mask[0][block] if mask[0].shape[1] == 1 else mask[0][span])
-            probs = _exp_below(scores, log_sum_exp[span][..., None])
-            d_scores = probs * (g_r @ v_b.swapaxes(1, 2) - delta[span])
-            dq_rows.append((d_scores @ k_b) * scale)
-            dk_b = dk_b + (d_scores.swapaxes(1, 2) @ q_r) * scale
-            dv_b = dv_b + probs.swapaxes(1, 2) @ g_r
-            dmask_rows.append(d_scores)
-        dq.append(mx.concatenate(dq_rows, axis=1))
-        dk.append(dk_b)
-        dv.append(dv_b)
-        if mask:
-            d_mask = mx.concatenate(dmask_rows, axis=1)
-            dmask.append(d_mask.sum(1, keepdims=True) if mask[0].shape[1] == 1 else d_mask)
-    grads = [mx.concatenate(g, axis=0) for g in (dq, dk, dv)]
-    return tuple(grads + ([mx.concatenate(dmask, axis=0)] if mask else []))
+    out, log_sum_exp = outputs
+    backward = _cpu_kernel().cpu_attention_backward
+    return tuple(backward(q, k, v, out, log_sum_exp, cotangents[0], q.shape[-1] ** -0.5, mask[0] if mask else None))
 
 
 def _attend_cpu(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
@@ -209,6 +142,33 @@ def _gelu_kernel(x: mx.array) -> mx.array:
     clamped, numerator, denominator = _erf_parts(x)
     half = 0.5 * x
     return half + ((half * clamped) * numerator) / denominator
+
+
+# exp for GELU's derivative, vectorised: 2**n * 2**f with Cephes' polynomial for 2**f (the one
+# MLX's exp uses), in compiled kernels the CPU JIT vectorises.
+_LOG2E = 1.4426950408889634
+_FLOOR = -127.0  # exponents clamped here get the power 2**-127 written as bits 0: weight exactly 0
+_ROUND = 12582912.0  # 1.5 * 2**23: (t + _ROUND) - _ROUND is t rounded to an integer
+_EXP2 = (1.0, 6.931472028550421e-1, 2.402264791363012e-1, 5.550332471162809e-2,
+         9.618437357674640e-3, 1.339887440266574e-3, 1.535336188319500e-4)  # 2**f on |f| <= 1/2
+
+
+@mx.compile
+def _integer_powers(t: mx.array) -> mx.array:
+    """2**round(t) as float32 bit patterns (int32): the biased exponent round(t) + 127 in place."""
+    return ((((t + _ROUND) - _ROUND) + 127.0) * 8388608.0).astype(mx.int32)
+
+
+@mx.compile
+def _times_fraction_power(t: mx.array, powers: mx.array) -> mx.array:
+    """powers * 2**f for f = t - round(t); Estrin's scheme keeps the graph within MLX's fusion
+    depth (11), so that this is one kernel."""
+    f = t - ((t + _ROUND) - _ROUND)
+    f2 = f * f
+    c = _EXP2
+    low = (c[0] + c[1] * f) + f2 * (c[2] + c[3] * f)
+    high = (c[4] + c[5] * f) + f2 * c[6]
+    return (low + (f2 * f2) * high) * powers
 
 
 @mx.compile
