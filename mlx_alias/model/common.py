@@ -34,7 +34,7 @@ def attend(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | str | None = 
 # (its SIMD layer is one lane wide there): its sdpa spent 4.6 s on one 5,184-token, 8-head
 # fusion-encoder layer on a 2-core x86 CPU, 3.7 s of it in exp. On Linux the forward pass is the
 # fused, threaded kernel of mlx_alias/cpu_attention (scores, softmax and weighted values per block
-# of query rows while it is in cache; 0.46 s for two such layers, torch 0.50 s), built at install.
+# of query rows while it is in cache; 0.46 s for a batch of two, torch 0.50 s), built at install.
 # Its backward pass is a second kernel there, flash-attention style: the probabilities recomputed
 # from the forward pass's log-sum-exp. Float32 throughout.
 _FUSED_CPU_ATTENTION = sys.platform.startswith("linux")
