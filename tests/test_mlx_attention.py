@@ -121,3 +121,15 @@ def test_kernel_missing_is_one_sentence(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlx_alias._cpu_attention", None)  # import raises ModuleNotFoundError
     with pytest.raises(ImportError, match="CPU attention extension is not built"):
         common._cpu_kernel()
+
+
+def test_attend_gradient_of_a_plain_sum():
+    """A plain sum's cotangent is a broadcast view, not rows in memory: the gradient still
+    matches sdpa's."""
+    q, k, v, mask, _ = inputs("padding")
+    args = [mx.array(x) for x in (q, k, v)]
+    mine = mx.grad(lambda q, k, v: attend(q, k, v, mask).sum(), argnums=(0, 1, 2))(*args)
+    theirs = mx.grad(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask).sum(),
+                     argnums=(0, 1, 2))(*args)
+    for a, b in zip(mine, theirs):
+        assert rel(a, np.array(b).astype(np.float64)) <= FP32

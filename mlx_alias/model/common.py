@@ -64,11 +64,13 @@ def _fused_attention(q: mx.array, k: mx.array, v: mx.array, *mask: mx.array) -> 
 @_fused_attention.vjp
 def _fused_attention_vjp(primals: tuple[mx.array, ...], cotangents: tuple[mx.array, mx.array],
                          outputs: tuple[mx.array, mx.array]) -> tuple[mx.array, ...]:
-    # The log-sum-exp output is for the backward kernel only: its cotangent is ignored.
+    # The log-sum-exp output is for the backward kernel only: its cotangent is ignored. The
+    # cotangent may be a view (a broadcast, when the loss is a plain sum): the kernel reads rows.
     q, k, v, *mask = primals
     out, log_sum_exp = outputs
+    d_out = mx.contiguous(cotangents[0].astype(mx.float32))
     backward = _cpu_kernel().cpu_attention_backward
-    return tuple(backward(q, k, v, out, log_sum_exp, cotangents[0], q.shape[-1] ** -0.5, mask[0] if mask else None))
+    return tuple(backward(q, k, v, out, log_sum_exp, d_out, q.shape[-1] ** -0.5, mask[0] if mask else None))
 
 
 def _attend_cpu(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
