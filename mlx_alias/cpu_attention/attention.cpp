@@ -37,39 +37,34 @@ namespace mx = mlx::core;
 
 namespace {
 
-// One row in place: scale, add the mask, subtract the maximum, exponentiate; padding keys get 0.
-// Returns the row's maximum and sum.
+// scale * row[j:j+8] + mask[j:j+8], and -inf past the last key (padding weighs exactly 0).
+inline f8 scaled_scores(const Shapes& s, float scale, const float* mask, const float* row, int j) {
+  f8 x = load(row + j) * scale;
+  if (j + 8 <= s.keys) return mask ? x + load(mask + j) : x;
+  for (int i = 0; i < 8; ++i) x[i] = j + i < s.keys ? x[i] + (mask ? mask[j + i] : 0.0f) : -INFINITY;
+  return x;
+}
+
+// One row in place: scale, add the mask, subtract the maximum, exponentiate. Returns the row's
+// maximum and sum.
 std::pair<float, float> softmax_numerators(const Shapes& s, float scale, const float* mask, float* row) {
-  const int full = s.keys - s.keys % 8;
   f8 top = splat(-INFINITY);
-  for (int j = 0; j < full; j += 8) {
-    f8 x = load(row + j) * scale;
-    if (mask) x += load(mask + j);
+  for (int j = 0; j < s.keys_padded; j += 8) {
+    const f8 x = scaled_scores(s, scale, mask, row, j);
     store(row + j, x);
     top = maximum(top, x);
   }
   float m = -INFINITY;
   for (int i = 0; i < 8; ++i) m = std::max(m, top[i]);
-  for (int j = full; j < s.keys; ++j) {
-    row[j] = row[j] * scale + (mask ? mask[j] : 0.0f);
-    m = std::max(m, row[j]);
-  }
   f8 total = {};
   const f8 shift = splat(m);
-  for (int j = 0; j < full; j += 8) {
+  for (int j = 0; j < s.keys_padded; j += 8) {
     const f8 e = exp_nonpositive(load(row + j) - shift);
     store(row + j, e);
     total += e;
   }
   float sum = 0.0f;
   for (int i = 0; i < 8; ++i) sum += total[i];
-  for (int j = full; j < s.keys_padded; j += 8) {  // the last partial vector and the padding
-    f8 x = splat(-INFINITY);
-    for (int i = 0; i < 8 && j + i < s.keys; ++i) x[i] = row[j + i];
-    const f8 e = exp_nonpositive(x - shift);
-    store(row + j, e);
-    for (int i = 0; i < 8; ++i) sum += e[i];
-  }
   return {m, sum};
 }
 
@@ -169,13 +164,7 @@ void attend_backward(const Shapes& s, float scale, const float* q, const float* 
         const float* m = mask_row(s, mask, p, r0 + r);
         const f8 lse = splat(log_sum_exp[row0 + r]), dd = splat(delta[r]);
         for (int j = 0; j < s.keys_padded; j += 8) {
-          f8 x = load(pr + j) * scale;
-          if (j + 8 <= s.keys) {
-            if (m) x += load(m + j);
-          } else {  // the last partial vector and the padding keys
-            for (int i = 0; i < 8; ++i) x[i] = j + i < s.keys ? x[i] + (m ? m[j + i] : 0.0f) : -INFINITY;
-          }
-          const f8 prob = exp_nonpositive(x - lse);
+          const f8 prob = exp_nonpositive(scaled_scores(s, scale, m, pr, j) - lse);
           store(pr + j, prob);
           store(dr + j, prob * (load(dr + j) - dd));
         }

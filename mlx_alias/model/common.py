@@ -57,8 +57,7 @@ def _cpu_kernel():
 def _fused_attention(q: mx.array, k: mx.array, v: mx.array, *mask: mx.array) -> tuple[mx.array, mx.array]:
     """(softmax(q k^T / sqrt D + mask) v, the rows' log-sum-exp) for float32 q [P, L, D],
     k [P, S, D], v [P, S, Dv] and an optional additive mask [P, 1 or L, S]."""
-    out, log_sum_exp = _cpu_kernel().cpu_attention(q, k, v, q.shape[-1] ** -0.5, mask[0] if mask else None)
-    return out, log_sum_exp
+    return tuple(_cpu_kernel().cpu_attention(q, k, v, q.shape[-1] ** -0.5, mask[0] if mask else None))
 
 
 @_fused_attention.vjp
