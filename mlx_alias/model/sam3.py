@@ -29,6 +29,11 @@ class ImageFeatures:
     # None: computed at every call.
     geometry: mx.array | None = None  # [B, 1, d_model] the text-only prompt's geometry token
     attended: mx.array | None = None  # [B, h * w, d_model] ``FusionEncoder.attend_image``
+    skips: list[mx.array] | None = None  # ``SegmentationHead.skips``, per decoder stage
+
+    def prepared(self) -> list[mx.array]:
+        """What ``Sam3.prepare`` adds (to evaluate once)."""
+        return [self.geometry, self.attended, *self.skips]
 
 
 @dataclass
@@ -135,12 +140,15 @@ class Sam3(nn.Module):
                          masks=masks, semantic=semantic)
 
     def prepare(self, image: ImageFeatures) -> ImageFeatures:
-        """The features with grounding's prompt-independent start computed once per image: the
-        geometry token and the fusion encoder's first self-attention (at full size about a
-        tenth of the fusion encoder's work), which ``detect`` otherwise computes per prompt."""
+        """The features with grounding's prompt-independent parts computed once per image: the
+        geometry token, the fusion encoder's first self-attention (at full size about a tenth
+        of the fusion encoder's work), which ``detect`` otherwise computes per prompt, and the
+        segmentation head's image-only convolutions, which ``segment`` otherwise computes per
+        call (once per image in it)."""
         tokens, positions = _lowest_tokens(image)
         return replace(image, geometry=self.geometry_encoder(tokens, positions),
-                       attended=self.detr_encoder.attend_image(tokens, positions))
+                       attended=self.detr_encoder.attend_image(tokens, positions),
+                       skips=self.mask_decoder.skips(image.levels))
 
     def detect(self, image: ImageFeatures, text: TextFeatures, image_index: mx.array | None = None) -> Detection:
         """``ground`` up to the scores and boxes: the fusion encoder, decoder and scoring."""
@@ -168,5 +176,5 @@ class Sam3(nn.Module):
         search skips pairs whose masks its objective never reads) -> (mask logits [R, Q, H, W],
         semantic logits [R, H, W])."""
         d = detection if rows is None else detection.take(rows)
-        levels = [level[d.image_index] for level in image.levels]
-        return self.mask_decoder(levels, d.memory, d.queries, d.prompt, d.padding)
+        skips = self.mask_decoder.skips(image.levels) if image.skips is None else image.skips
+        return self.mask_decoder([skip[d.image_index] for skip in skips], d.memory, d.queries, d.prompt, d.padding)

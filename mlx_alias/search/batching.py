@@ -38,7 +38,7 @@ def pairs_that_fit(model: Sam3, image: ImageFeatures, share: float = MEMORY_SHAR
 def first_image(model: Sam3, image: ImageFeatures) -> ImageFeatures:
     """The first image's features, prepared (``Sam3.prepare``) as the scorer grounds them."""
     first = model.prepare(ImageFeatures([level[:1] for level in image.levels], image.positions))
-    mx.eval(first.geometry, first.attended)
+    mx.eval(first.prepared())
     return first
 
 

@@ -142,7 +142,7 @@ class Scorer(ExactScorer):
         super().__init__(targets, config, pairs_per_batch)
         self.model = model
         self.features = model.prepare(features)  # grounding's prompt-free start, once per image
-        mx.eval(self.features.geometry, self.features.attended)
+        mx.eval(self.features.prepared())
         self.dense = DenseTargets.of(targets)
 
     def _encode(self, ids: np.ndarray) -> TextFeatures:
