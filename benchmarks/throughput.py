@@ -57,7 +57,7 @@ from mlx.utils import tree_flatten
 from mlx_alias.config import PRESETS
 from mlx_alias.convert.convert import convert
 from mlx_alias.demo import synthetic_images
-from mlx_alias.image import load_image, preprocess, preprocess_batch
+from mlx_alias.image import load_image, preprocess_batch
 from mlx_alias.model.weights import load_model
 from mlx_alias.reference import runners
 from mlx_alias.reference.build import build_model, shape_tiny
@@ -66,7 +66,7 @@ from mlx_alias.reference.parity import nchw
 from mlx_alias.reference.scoring import TorchScorer
 from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, prepare_target
 from mlx_alias.search.phase import ids_of
-from mlx_alias.search.scorer import DenseTargets, ExactScorer, Scorer
+from mlx_alias.search.scorer import DenseTargets, ExactScorer, ReencodingScorer, Scorer
 from mlx_alias.search.soft import CompiledGradient, surrogate_state
 from mlx_alias.tokenizer import load_tokenizer
 
@@ -203,9 +203,7 @@ def measure_mlx(model, paths: list[Path], targets: list[MaskTarget], ids: np.nda
 
     def seed_style() -> None:
         c = next(turn)
-        image = paths[c % len(paths)]
-        fresh = model.encode_image(mx.array(preprocess(load_image(image), size)[None]))
-        Scorer(model, fresh, [targets[c % len(paths)]], config, 1).exact(ids[c % len(ids):][:1])
+        ReencodingScorer(model, [paths[c % len(paths)]], [targets[c % len(paths)]], config).exact(ids[c % len(ids):][:1])
 
     with peaks.mlx_stage("seed_style"):
         out["seed_style_s_per_eval"] = median_seconds(seed_style, args.repeats, warm_up=False)[0]

@@ -7,9 +7,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_alias.demo import synthetic_images
 from mlx_alias.model.text import TextFeatures
+from mlx_alias.image import load_image, preprocess_batch
 from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, aggregate, score_image
-from mlx_alias.search.scorer import Pruned, Scorer
+from mlx_alias.search.scorer import Pruned, ReencodingScorer, Scorer
 from mlx_alias.tokenizer import load_tokenizer
 
 CFG = ObjectiveConfig()
@@ -75,7 +77,29 @@ def test_surrogate_is_differentiable(search_model, setup):
     assert np.isfinite(float(value)) and grad.shape == embeds.shape
     assert float(mx.abs(grad[0, 1:4]).sum()) > 0  # the prompt's tokens get a gradient
     assert float(mx.abs(grad[0, 5:]).sum()) == 0  # padding after the end token does not
-    assert TextFeatures  # the scorer builds text features the model's way
+
+
+def test_reencoding_scorer_scores_as_the_cached_scorer(search_model, tmp_path):
+    """The seed-style baseline's scorer (each pair re-reads and re-encodes its image) computes
+    the same objective as scoring against features encoded once. Tolerance 1e-5: the trunk runs
+    on one image instead of a batch of three, so its matmuls round differently."""
+    paths = synthetic_images(tmp_path, 3, seed=1)
+    size = search_model.cfg.vision.image_size
+    features = search_model.encode_image(mx.array(preprocess_batch([load_image(p) for p in paths], size)))
+    text = search_model.encode_text(mx.array(load_tokenizer()(["a red car"] * 3)))
+    planted = search_model.ground(features, text, mx.arange(3))
+    targets = []
+    for i in range(3):
+        masks = np.array(planted.masks[i])[np.array(planted.scores[i]) > CFG.threshold] > 0
+        targets.append(MaskTarget(masks, np.zeros(masks.shape[1:], bool)))
+    assert any(t.masks.shape[0] for t in targets)  # something to match
+    ids = load_tokenizer()(["a red car", "velvet lantern"])
+    cached = Scorer(search_model, features, targets, CFG).exact(ids)
+    reencoding = ReencodingScorer(search_model, paths, targets, CFG)
+    fresh = reencoding.exact(ids)
+    assert reencoding.evaluations == 6
+    np.testing.assert_allclose([s.score for s in fresh], [s.score for s in cached], atol=1e-5)
+    assert cached[0].score > cached[1].score  # the planted prompt is told apart
 
 
 def test_masks_only_where_the_objective_reads_them(search_model, setup):

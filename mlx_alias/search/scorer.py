@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
+from mlx_alias.image import load_image, preprocess
 from mlx_alias.model.sam3 import ImageFeatures, Sam3
 from mlx_alias.model.text import TextFeatures
 from mlx_alias.tokenizer import PAD_ID
@@ -131,6 +133,14 @@ class ExactScorer:
         return outcome
 
 
+def encode_candidates(model: Sam3, ids: np.ndarray) -> TextFeatures:
+    """Token id rows [C, context] -> text features. Padding columns after every row's end token
+    are cut: the text encoder is causal and every attention over the text masks padding, so
+    they change no score, and a 4-token alias runs on 6 positions instead of the context's 32."""
+    used = np.flatnonzero((ids != PAD_ID).any(axis=0))
+    return model.encode_text(mx.array(ids[:, : int(used[-1]) + 1]))
+
+
 class Scorer(ExactScorer):
     """Scores prompts against fixed images (``features``, one per target) with one objective,
     in MLX; also the differentiable surrogate for the gradient phases."""
@@ -146,11 +156,7 @@ class Scorer(ExactScorer):
         self.dense = DenseTargets.of(targets)
 
     def _encode(self, ids: np.ndarray) -> TextFeatures:
-        # Padding columns after every row's end token are cut: the text encoder is causal and
-        # every attention over the text masks padding, so they change no score, and a 4-token
-        # alias runs on 6 positions instead of the context's 32.
-        used = np.flatnonzero((ids != PAD_ID).any(axis=0))
-        return self.model.encode_text(mx.array(ids[:, : int(used[-1]) + 1]))
+        return encode_candidates(self.model, ids)
 
     def _ground(self, text: TextFeatures, candidates: list[int], images: list[int]) -> tuple[np.ndarray, list[np.ndarray | None]]:
         which = mx.array(candidates)
@@ -178,3 +184,25 @@ class Scorer(ExactScorer):
         )
         return surrogate(grounded.scores.astype(mx.float32), grounded.masks.astype(mx.float32),
                          self.dense.masks, self.dense.valid, self.dense.keep, self.config)
+
+
+class ReencodingScorer(ExactScorer):
+    """The same objective computed as the original experiment computed it, for the benchmarks'
+    seed-style baseline: every (candidate, image) pair reads, preprocesses and encodes its image
+    again and is grounded alone, with no cached image features and no batching."""
+
+    def __init__(self, model: Sam3, paths: list[Path], targets: list[MaskTarget],
+                 config: ObjectiveConfig = ObjectiveConfig()):
+        if len(paths) != len(targets):
+            raise ValueError(f"{len(paths)} images but {len(targets)} targets")
+        super().__init__(targets, config, pairs_per_batch=1)
+        self.model, self.paths = model, paths
+
+    def _encode(self, ids: np.ndarray) -> TextFeatures:
+        return encode_candidates(self.model, ids)
+
+    def _ground(self, text: TextFeatures, candidates: list[int], images: list[int]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        (candidate,), (image,) = candidates, images  # one pair per call (pairs_per_batch 1)
+        pixels = preprocess(load_image(self.paths[image]), self.model.cfg.vision.image_size)
+        fresh = self.model.encode_image(mx.array(pixels[None]))
+        return Scorer(self.model, fresh, [self.targets[image]], self.config, 1)._ground(text, [candidate], [0])
