@@ -11,8 +11,8 @@ mutations, no gradients, one candidate at a time, each (candidate, image) pair r
 re-encoding its image as the original experiment did: ``ReencodingScorer``).
 
 Wall-clock to 0.9 of the planted train score: from the search's start, plus, for the methods
-that cache image features, the time to encode the training images once (measured per world
-with an empty cache). Run it on an otherwise idle machine for the seconds to mean anything.
+that cache image features, the time to encode and prepare the training images once (measured
+per world from an empty cache). Run it on an otherwise idle machine for the seconds to mean anything.
 Prints a table; ``--json`` one object.
 """
 
@@ -42,7 +42,7 @@ from mlx_alias.search.driver import SearchConfig, search_category
 from mlx_alias.search.objective import ObjectiveConfig
 from mlx_alias.search.phase import ids_of
 from mlx_alias.search.scorer import ReencodingScorer
-from mlx_alias.search.task import category_task
+from mlx_alias.search.task import category_task, scorer_for
 from mlx_alias.segment import make_prompt
 from mlx_alias.tokenizer import load_tokenizer
 
@@ -93,9 +93,11 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str]) ->
         task = category_task(model, cache, dataset, 1, holdout_fraction=0.34, seed=seed, config=objective)
         if task.holdout is None or not task.split.holdout_positives:
             raise SystemExit(f"seed {seed}: no holdout positives; use more images")
-        train_paths = [dataset.images[i].path for i in task.split.train_positives + task.split.train_negatives]
-        start = time.perf_counter()
-        FeatureCache(model, Path(tmp) / "mlx", None).get(train_paths)
+        train_ids = task.split.train_positives + task.split.train_negatives
+        train_paths = [dataset.images[i].path for i in train_ids]
+        empty = FeatureCache(model, Path(tmp) / "mlx", None)
+        start = time.perf_counter()  # what a search pays once: the train scorer from an empty cache
+        scorer_for(model, empty, dataset, 1, train_ids, objective, SearchConfig().pairs_per_batch)
         encoding = time.perf_counter() - start
         planted_train = task.train.exact(hidden.ids)[0].score
         planted_holdout = task.holdout.exact(hidden.ids)[0].score
