@@ -146,13 +146,17 @@ class Scorer(ExactScorer):
     in MLX; also the differentiable surrogate for the gradient phases."""
 
     def __init__(self, model: Sam3, features: ImageFeatures, targets: list[MaskTarget],
-                 config: ObjectiveConfig = ObjectiveConfig(), pairs_per_batch: int = 8):
+                 config: ObjectiveConfig = ObjectiveConfig(), pairs_per_batch: int = 8, prepare: bool = True):
+        """``prepare``: compute grounding's prompt-free parts once per image (``Sam3.prepare``)
+        now; without it every grounding call computes what it needs of them."""
         if features.levels[0].shape[0] != len(targets):
             raise ValueError(f"{features.levels[0].shape[0]} images but {len(targets)} targets")
         super().__init__(targets, config, pairs_per_batch)
         self.model = model
-        self.features = model.prepare(features)  # grounding's prompt-free start, once per image
-        mx.eval(self.features.prepared())
+        self.features = features
+        if prepare:
+            self.features = model.prepare(features)
+            mx.eval(self.features.prepared())
         self.dense = DenseTargets.of(targets)
 
     def _encode(self, ids: np.ndarray) -> TextFeatures:
@@ -205,4 +209,6 @@ class ReencodingScorer(ExactScorer):
         (candidate,), (image,) = candidates, images  # one pair per call (pairs_per_batch 1)
         pixels = preprocess(load_image(self.paths[image]), self.model.cfg.vision.image_size)
         fresh = self.model.encode_image(mx.array(pixels[None]))
-        return Scorer(self.model, fresh, [self.targets[image]], self.config, 1)._ground(text, [candidate], [0])
+        # unprepared: a single pair computes only what it reads (no masks, no pixel decoder)
+        single = Scorer(self.model, fresh, [self.targets[image]], self.config, 1, prepare=False)
+        return single._ground(text, [candidate], [0])
