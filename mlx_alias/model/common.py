@@ -91,7 +91,7 @@ def _attend_cpu(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) ->
     return out.reshape(batch, heads, length, -1).astype(dtype)
 
 
-# Exact GELU on the CPU. MLX's CPU erf is scalar outside macOS, as its exp (see above): nn.gelu
+# Exact GELU on the CPU. MLX's CPU erf and exp are scalar outside macOS (see above): nn.gelu
 # took 1.1 s on one full-size vision MLP's 25M activations (32 of them per image). Here x * Phi(x)
 # comes from Eigen's float32 erf (XLA's too: a 9/12-degree rational in x, within 3 ulp on
 # |x/sqrt 2| <= 3.8325, beyond which erf rounds to +-1) in one compiled kernel: 0.2 s. GELU keeps
@@ -174,7 +174,7 @@ def _times_fraction_power(t: mx.array, powers: mx.array) -> mx.array:
 
 @mx.compile
 def _gelu_slope(x: mx.array) -> mx.array:
-    """GELU'(x) = Phi(x) + x phi(x), phi's exp(-x^2 / 2) as the attention's exp above (the
+    """GELU'(x) = Phi(x) + x phi(x), phi's exp(-x^2 / 2) from the vectorised exp above (the
     exponent clamped at _FLOOR: phi is then 0 in float32 anyway)."""
     t = mx.maximum((-0.5 * _LOG2E) * (x * x), _FLOOR)
     gaussian = _times_fraction_power(t, mx.view(_integer_powers(t), mx.float32))
