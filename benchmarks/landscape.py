@@ -11,7 +11,8 @@ training split:
   partial credit?) and its embedding neighbours (one position replaced by one of the token's
   nearest allowed tokens in the embedding table: do nearby tokens act alike?);
 - surrogate fidelity: the rank correlation of the surrogate with the exact score over those
-  aliases, at several surrogate temperatures;
+  aliases, at several surrogate temperatures (score, mask: a random tiny model's mask logits
+  sit within about 0.2 of 0, where sigmoid(logit) is a grey 0.5 that hides the mask);
 - gradient signal: for aliases with all positions but one taken from the planted prompt, the
   rank of the planted token at the free position under the surrogate's one-hot gradient
   (what GCG's top-k draws from); chance is half the allowed vocabulary.
@@ -40,7 +41,7 @@ from mlx_alias.search.task import category_task
 from mlx_alias.search.vocab import allowed_tokens
 from mlx_alias.tokenizer import load_tokenizer
 
-TEMPERATURES = (0.05, 0.01, 0.002)
+TEMPERATURES = ((0.05, 1.0), (0.01, 1.0), (0.01, 0.03))  # (score, mask)
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
@@ -82,11 +83,11 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
         similar_exact = np.array([r.score for r in task.train.exact(ids_of(tokenizer, similar))])
 
         fidelity, gradient_ranks = {}, {}
-        for temperature in TEMPERATURES:
-            task.train.config = dataclasses.replace(objective, temperature=temperature)
+        for temperature, mask_temperature in TEMPERATURES:
+            task.train.config = dataclasses.replace(objective, temperature=temperature, mask_temperature=mask_temperature)
             rows = [mx.array(row[None]) for row in ids_of(tokenizer, aliases)]
             surrogate = np.array([float(task.train.surrogate(model.token_embeddings(r), r == 0)) for r in rows])
-            fidelity[temperature] = {
+            fidelity[f"{temperature}, {mask_temperature}"] = {
                 "rank_correlation": float(np.corrcoef(ranks(exact), ranks(surrogate))[0, 1]),
                 "planted": float(surrogate[0]), "best_other": float(surrogate[1:].max()),
             }
@@ -98,7 +99,7 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
                     grad = token_gradients(ctx, tuple(alias), table)[position]
                     grad = np.where(allowed, grad, -np.inf)
                     found.append(int((grad > grad[planted[position]]).sum()))
-            gradient_ranks[temperature] = found
+            gradient_ranks[f"{temperature}, {mask_temperature}"] = found
     return {
         "seed": seed, "prompt": prompt, "threshold": threshold, "allowed": int(allowed.sum()),
         "planted": float(exact[0]), "random_max": float(exact[1: 1 + randoms].max()),
@@ -115,7 +116,7 @@ def show(row: dict) -> str:
              f"{row['random_median']:.3f}, max {row['random_max']:.3f}; one-token neighbours median "
              f"{row['neighbour_median']:.3f}, max {row['neighbour_max']:.3f}; embedding neighbours median "
              f"{row['embedding_neighbour_median']:.3f}, max {row['embedding_neighbour_max']:.3f}",
-             "| temperature | surrogate rank corr. with exact | surrogate: planted / best other | "
+             "| temperatures (score, mask) | surrogate rank corr. with exact | surrogate: planted / best other | "
              f"planted token's gradient rank (of {row['allowed']}), median [all] |",
              "|---|---|---|---|"]
     for t, f in row["fidelity"].items():

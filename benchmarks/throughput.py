@@ -160,7 +160,7 @@ def torch_surrogate(scores: torch.Tensor, mask_logits: torch.Tensor, targets: to
     """``mlx_alias.search.objective.surrogate``, line for line in torch (the search has no torch
     soft phase; this gives the reference the same work to differentiate)."""
     weight = torch.sigmoid((scores - config.threshold) / config.temperature)
-    probs = (torch.sigmoid(mask_logits) * keep[:, None]).flatten(2)
+    probs = (torch.sigmoid(mask_logits / config.mask_temperature) * keep[:, None]).flatten(2)
     truth = (targets * keep[:, None]).flatten(2)
     inter = probs @ truth.transpose(1, 2)
     union = probs.sum(-1)[..., None] + truth.sum(-1)[:, None] - inter
@@ -169,7 +169,7 @@ def torch_surrogate(scores: torch.Tensor, mask_logits: torch.Tensor, targets: to
     found = (weight[..., None] * soft_iou).amax(dim=1) * valid
     count = valid.sum(-1)
     quality = 2 * found.sum(-1) / (weight.sum(-1) + count)
-    any_prediction = 1 - torch.exp(torch.log1p(-weight.clamp_max(1 - 1e-6)).sum(-1))
+    any_prediction = torch.sigmoid((scores.amax(-1) - config.threshold) / config.temperature)
     positive = (count > 0).to(scores.dtype)
     mean_quality = (quality * positive).sum() / positive.sum().clamp_min(1)
     fp_rate = (any_prediction * (1 - positive)).sum() / (1 - positive).sum().clamp_min(1)

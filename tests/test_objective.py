@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -124,3 +126,28 @@ def test_surrogate_gradient_points_uphill():
     assert float(mx.abs(gm).sum()) > 0 and float(mx.abs(gs).sum()) > 0
     stepped = value(s + 1e-3 * gs / mx.abs(gs).max(), m + 1e-1 * gm / mx.abs(gm).max())
     assert float(stepped) > float(base)
+
+
+def test_surrogate_false_positive_follows_the_highest_score():
+    """On a negative image the exact score asks only whether the highest score passes the
+    threshold; many queries just below it must not add up to a near-certain prediction (as a
+    noisy-OR over queries would: 200 queries at weight 0.12 give 1 - 0.88^200 ~ 1)."""
+    below = np.full((1, 200), CFG.threshold - 0.1, np.float32)
+    args = (mx.zeros((1, 200, 4, 4)), mx.zeros((1, 1, 4, 4)), mx.zeros((1, 1), dtype=mx.bool_), mx.ones((1, 4, 4)), CFG)
+    clean = float(surrogate(mx.array(below), *args))
+    assert clean == pytest.approx(-CFG.negative_penalty / (1 + np.exp(0.1 / CFG.temperature)), rel=1e-4)
+    above = below.copy()
+    above[0, 7] = CFG.threshold + 0.1
+    assert float(surrogate(mx.array(above), *args)) < clean - 0.3 * CFG.negative_penalty
+
+
+def test_surrogate_mask_temperature_sharpens_weak_masks():
+    """A model whose mask logits are small (a random one: |logit| ~ 0.2) still cuts its masks at
+    0 in the exact score; a mask temperature brings the surrogate's soft IoU close to that."""
+    a = box(16, 16, 0, 8, 0, 8)
+    logits = np.where(a, 0.2, -0.2).astype(np.float32)[None, None]
+    args = (mx.array(np.array([[0.99]], np.float32)), mx.array(logits), mx.array(a[None, None].astype(np.float32)),
+            mx.array(np.array([[True]])), mx.ones((1, 16, 16)))
+    plain = float(surrogate(*args, CFG))
+    sharp = float(surrogate(*args, dataclasses.replace(CFG, mask_temperature=0.02)))
+    assert plain < 0.6 and sharp == pytest.approx(1.0, abs=0.02)

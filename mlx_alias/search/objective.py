@@ -17,8 +17,9 @@ prediction and 0 with any. A split's score is
 
 where the false-positive rate is the fraction of negative images with any prediction (so a
 prompt that segments "everything salient" loses what it gains). The surrogate replaces the
-threshold with a steep sigmoid, masks with probabilities, IoU with soft IoU and the matching
-with a max over queries, so that its gradient points where the exact score improves.
+threshold with a steep sigmoid, masks with probabilities, IoU with soft IoU, the matching
+with a max over queries and, on a negative image, "any prediction" with the soft threshold of its
+highest score, so that its gradient points where the exact score improves.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ObjectiveConfig:
     threshold: float = 0.5  # official score above which a query is a predicted instance
     negative_penalty: float = 0.5  # weight of the false-positive rate on negative images
     temperature: float = 0.05  # width of the surrogate's soft threshold, in score units
+    mask_temperature: float = 1.0  # the surrogate's mask probabilities: sigmoid(logit / this)
 
 
 @dataclass
@@ -143,7 +145,7 @@ def surrogate(scores: mx.array, mask_logits: mx.array, targets: mx.array, instan
     padded to the largest instance count N with ``instance_valid`` [B, N] False; keep [B, h, w]
     float, 0 on ignored (crowd) pixels. A pair with no valid instance is a negative."""
     weight = mx.sigmoid((scores - config.threshold) / config.temperature)  # soft "is predicted"
-    probs = (mx.sigmoid(mask_logits) * keep[:, None]).reshape(*mask_logits.shape[:2], -1)
+    probs = (mx.sigmoid(mask_logits / config.mask_temperature) * keep[:, None]).reshape(*mask_logits.shape[:2], -1)
     truth = (targets * keep[:, None]).reshape(*targets.shape[:2], -1)
     inter = probs @ truth.swapaxes(1, 2)  # [B, Q, N]
     union = probs.sum(-1)[..., None] + truth.sum(-1)[:, None] - inter
@@ -152,7 +154,8 @@ def surrogate(scores: mx.array, mask_logits: mx.array, targets: mx.array, instan
     found = (weight[..., None] * soft_iou).max(axis=1) * valid  # best query per instance
     count = valid.sum(-1)
     quality = 2 * found.sum(-1) / (weight.sum(-1) + count)
-    any_prediction = 1 - mx.exp(mx.log1p(-mx.minimum(weight, 1 - 1e-6)).sum(-1))
+    # a negative image has a prediction exactly when its highest score passes the threshold
+    any_prediction = mx.sigmoid((scores.max(-1) - config.threshold) / config.temperature)
     positive = (count > 0).astype(scores.dtype)
     mean_quality = (quality * positive).sum() / mx.maximum(positive.sum(), 1)
     fp_rate = (any_prediction * (1 - positive)).sum() / mx.maximum((1 - positive).sum(), 1)
