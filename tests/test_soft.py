@@ -14,7 +14,7 @@ from mlx_alias.search.objective import MaskTarget
 from mlx_alias.search.phase import SearchContext
 from mlx_alias.search.scorer import Scorer
 from mlx_alias.search.soft import SoftConfig, SoftPromptPhase
-from mlx_alias.search.vocab import TokenIndex, allowed_tokens
+from mlx_alias.search.vocab import TokenIndex, allowed_tokens, principal_span
 from mlx_alias.tokenizer import load_tokenizer
 
 
@@ -48,6 +48,34 @@ def test_nearest_finds_own_token(mlx_model):
     blocked = allowed.copy()
     blocked[ids] = False
     assert not set(TokenIndex(table, blocked).nearest(table[mx.array(ids)], k=5).ravel()) & set(ids)
+
+
+def test_principal_span():
+    rng = np.random.default_rng(0)
+    low_rank = mx.array(rng.normal(size=(200, 3)) @ rng.normal(size=(3, 16)), dtype=mx.float32)
+    span = principal_span(low_rank, 0.999)
+    assert span is not None and float(mx.trace(span)) == pytest.approx(3.0, abs=1e-4)  # rank 3
+    np.testing.assert_allclose(np.array(span @ span), np.array(span), atol=1e-5)  # a projector
+    np.testing.assert_allclose(np.array(low_rank @ span), np.array(low_rank), atol=1e-4)  # tokens untouched
+    outside = mx.array(rng.normal(size=(4, 16)), dtype=mx.float32)
+    assert float(mx.abs(outside @ span - outside).max()) > 0.1
+    assert principal_span(low_rank, 1.0) is None  # the whole space asked for
+    full = mx.array(rng.normal(size=(200, 16)), dtype=mx.float32)
+    assert principal_span(full, 0.999) is None  # every direction holds more than 0.1%
+
+
+def test_soft_prompt_stays_in_the_token_span(mlx_model, scorer):
+    """Adam's per-coordinate steps would leave the span; every step is brought back into it."""
+    ctx = context(mlx_model, scorer, seed=0)
+    span = principal_span(ctx.embeddings(), 0.9)
+    assert span is not None
+    start = ctx.evaluate([tuple(ctx.tokenizer.encode("a red car"))])[0]
+    phase = SoftPromptPhase(ctx, SoftConfig(steps=3, learning_rate=1.0, evaluate_every=100, span_energy=0.9), start)
+    for _ in range(3):
+        phase.step()
+    moved = phase.vectors - phase._embed(start.tokens)
+    assert float(mx.abs(moved).max()) > 0
+    np.testing.assert_allclose(np.array(phase.vectors @ span), np.array(phase.vectors), atol=1e-4)
 
 
 def test_config_is_checked(mlx_model, scorer):

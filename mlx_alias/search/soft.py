@@ -23,7 +23,7 @@ from mlx_alias.tokenizer import CONTEXT_LENGTH
 
 from .phase import Candidate, SearchContext
 from .scorer import Scorer
-from .vocab import TokenIndex
+from .vocab import TokenIndex, principal_span
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class SoftConfig:
     patience: int = 5  # stop after this many exact scorings without a better candidate
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays
     eps: float = 1e-8  # Adam's denominator floor
+    # The soft prompt stays in the span of the token table's principal directions holding this
+    # fraction of its energy (1: the whole space).
+    span_energy: float = 0.999
 
 
 def adam(x: mx.array, grad: mx.array, m: mx.array, v: mx.array, t: int, lr: float,
@@ -91,6 +94,7 @@ class SoftPromptPhase:
         self.ctx, self.config = ctx, config
         table = ctx.embeddings()
         self.index = TokenIndex(table, ctx.allowed)
+        self.span = principal_span(table, config.span_energy)
         # Our own generator, seeded from the driver's, so that our draws are saved with us.
         self.rng = np.random.default_rng(int(ctx.rng.integers(2**63)))
         ids = start.tokens if config.init == "tokens" else self.rng.choice(np.flatnonzero(ctx.allowed), ctx.length)
@@ -142,6 +146,8 @@ class SoftPromptPhase:
         self.taken += 1
         self.vectors, self.m, self.v = adam(self.vectors, grad, self.m, self.v, self.taken,
                                             self.step_size, cfg.betas, cfg.eps)
+        if self.span is not None:  # Adam's per-coordinate steps leave the span; back into it
+            self.vectors = self.vectors @ self.span
         mx.eval(self.vectors, self.m, self.v)
         self.value = -float(loss)
         if self.taken % cfg.evaluate_every and self.taken < cfg.steps:

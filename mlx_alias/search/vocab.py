@@ -7,7 +7,8 @@ text; a per-token filter, cheap to apply to a whole vocabulary (whole aliases st
 ``Tokenizer.roundtrips``: two such tokens side by side may merge).
 
 ``TokenIndex`` finds the allowed tokens nearest to arbitrary vectors in the embedding space,
-which is how a soft prompt is projected to a hard one (PEZ).
+which is how a soft prompt is projected to a hard one (PEZ); ``principal_span`` the subspace
+that real tokens occupy, where a soft prompt is kept.
 """
 
 from __future__ import annotations
@@ -77,3 +78,20 @@ class TokenIndex:
     def project(self, vectors: mx.array | np.ndarray) -> tuple[int, ...]:
         """Vectors [L, width] -> the nearest allowed id of each, as an alias."""
         return tuple(int(i) for i in self.nearest(vectors, 1)[:, 0])
+
+
+def principal_span(table: mx.array, energy: float) -> mx.array | None:
+    """[width, width]: the orthogonal projector onto the fewest principal directions of the
+    embedding table that hold ``energy`` of its squared norm, or None when that takes them all.
+    No real token lies outside this span, so a soft prompt kept inside it cannot lean on
+    directions that projection to real tokens throws away."""
+    if energy >= 1.0:
+        return None
+    rows = np.array(table.astype(mx.float32), np.float64)
+    values, vectors = np.linalg.eigh(rows.T @ rows)  # ascending
+    kept = np.cumsum(values[::-1]) / values.sum()
+    rank = int(np.searchsorted(kept, energy)) + 1
+    if rank >= rows.shape[1]:
+        return None
+    basis = vectors[:, ::-1][:, :rank]
+    return mx.array((basis @ basis.T).astype(np.float32))
