@@ -41,7 +41,8 @@ class SoftConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays
     eps: float = 1e-8  # Adam's denominator floor
     # The soft prompt stays in the span of the token table's principal directions holding this
-    # fraction of its energy (1: the whole space).
+    # fraction of its energy (1: the whole space), where real tokens lie: a move outside it is one
+    # that projection to real tokens undoes.
     span_energy: float = 0.999
 
 

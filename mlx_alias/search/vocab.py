@@ -83,8 +83,8 @@ class TokenIndex:
 def principal_span(table: mx.array, energy: float) -> mx.array | None:
     """[width, width]: the orthogonal projector onto the fewest principal directions of the
     embedding table that hold ``energy`` of its squared norm, or None when that takes them all.
-    No real token lies outside this span, so a soft prompt kept inside it cannot lean on
-    directions that projection to real tokens throws away."""
+    Real tokens lie in this span but for ``1 - energy`` of their squared norm, so a soft prompt
+    kept inside it cannot lean on directions that its projection to real tokens throws away."""
     if energy >= 1.0:
         return None
     rows = np.array(table.astype(mx.float32), np.float64)
