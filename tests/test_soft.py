@@ -95,8 +95,8 @@ def test_surrogate_rises_and_evaluations_are_counted(mlx_model, scorer):
     while not phase.done:
         found += phase.step()
         values.append(phase.value)
-    # this model's surrogate starts near 0 (-0.023: a near-certain prediction on the negative
-    # image) and rises at every step as the prediction there fades
+    # this model's surrogate starts near 0 (-0.023: no overlap with the positive's instance, a
+    # faint soft prediction on the negative) and rises at every step as that prediction fades
     assert len(values) == 10 and values[-1] > values[0] + 0.015 and all(np.diff(values) > 0)
     assert len(found) == 1 and phase.best.score >= start.score  # the last step scores the projection
     assert scorer.evaluations - before == (found[0].tokens != start.tokens) * scorer.images
