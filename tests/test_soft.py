@@ -1,9 +1,11 @@
 """The token index and the soft-prompt phase on the tiny model: the allowed mask, nearest
 tokens, the surrogate rising under Adam, PEZ candidates made of allowed tokens only, exact
-evaluations counted, and a checkpoint that resumes bit for bit."""
+evaluations counted, soft prompts side by side as they would move alone, and a checkpoint that
+resumes bit for bit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import mlx.core as mx
@@ -70,7 +72,7 @@ def test_soft_prompt_stays_in_the_token_span(mlx_model, scorer):
     span = principal_span(ctx.embeddings(), 0.9)
     assert span is not None
     start = ctx.evaluate([tuple(ctx.tokenizer.encode("a red car"))])[0]
-    phase = SoftPromptPhase(ctx, SoftConfig(steps=3, learning_rate=1.0, evaluate_every=100, span_energy=0.9), start)
+    phase = SoftPromptPhase(ctx, SoftConfig(steps=3, learning_rate=1.0, evaluate_every=100, span_energy=0.9), [start])
     for _ in range(3):
         phase.step()
     moved = phase.vectors - phase._embed(start.tokens)
@@ -90,7 +92,7 @@ def test_surrogate_rises_and_evaluations_are_counted(mlx_model, scorer):
     ctx = context(mlx_model, scorer, seed=0)
     start = ctx.evaluate([tuple(ctx.tokenizer.encode("a red car"))])[0]
     before = scorer.evaluations
-    phase = SoftPromptPhase(ctx, SoftConfig(steps=10, learning_rate=1.0, pez=False, evaluate_every=100), start)
+    phase = SoftPromptPhase(ctx, SoftConfig(steps=10, learning_rate=1.0, pez=False, evaluate_every=100), [start])
     values, found = [], []
     while not phase.done:
         found += phase.step()
@@ -100,6 +102,34 @@ def test_surrogate_rises_and_evaluations_are_counted(mlx_model, scorer):
     assert len(values) == 10 and values[-1] > values[0] + 0.015 and all(np.diff(values) > 0)
     assert len(found) == 1 and phase.best.score >= start.score  # the last step scores the projection
     assert scorer.evaluations - before == (found[0].tokens != start.tokens) * scorer.images
+
+
+def test_soft_prompts_side_by_side_move_as_alone(mlx_model, scorer):
+    """Each of several soft prompts takes the steps it would take alone from its start (its own
+    gradient and Adam moments); the best starts are taken, the phase's best is the best of theirs,
+    and a soft prompt beyond the starts given begins at random tokens, held to the best start."""
+    ctx = context(mlx_model, scorer, seed=0, length=2)
+    starts = ctx.evaluate([tuple(ctx.tokenizer.encode(t)) for t in ("red car", "blue sky", "small dog")])
+    config = SoftConfig(steps=4, learning_rate=1.0, evaluate_every=2, patience=100, starts=2)
+    together = SoftPromptPhase(ctx, config, starts)
+    ranked = sorted(starts, key=lambda c: -c.score)
+    assert together.bests == ranked[:2]
+    alone = [SoftPromptPhase(context(mlx_model, scorer, seed=0, length=2), dataclasses.replace(config, starts=1), [c])
+             for c in ranked[:2]]
+    while not together.done:
+        together.step()
+        for phase in alone:
+            phase.step()
+    for k, phase in enumerate(alone):
+        np.testing.assert_allclose(np.array(together.vectors[k]), np.array(phase.vectors[0]), rtol=1e-5, atol=1e-6)
+        assert together.bests[k].score == phase.best.score
+    assert together.best == max((p.best for p in alone), key=lambda c: c.score)
+
+    wide = SoftPromptPhase(context(mlx_model, scorer, seed=0, length=2), dataclasses.replace(config, starts=5), starts)
+    assert wide.vectors.shape[0] == 5 and wide.bests[3:] == [ranked[0], ranked[0]]
+    np.testing.assert_array_equal(np.array(wide.vectors[:3]), np.array(together._embed(np.array([c.tokens for c in ranked]))))
+    with pytest.raises(ValueError, match="starts"):
+        SoftPromptPhase(ctx, dataclasses.replace(config, starts=0), starts)
 
 
 def test_pez_candidates_and_exact_resume(mlx_model, scorer):
@@ -134,7 +164,7 @@ def test_compiled_gradient_matches_and_reads_current_features(mlx_model, scorer)
     fused into kernels (measured: equal to the bit, on three random starts)."""
     ctx = context(mlx_model, scorer, seed=0)
     phase = SoftPromptPhase(ctx, SoftConfig(init="random"))
-    point = phase.vectors
+    point = phase.vectors[0]
     values = []
     for other_images in (False, True):
         if other_images:  # and the instance 20 rows lower

@@ -56,15 +56,15 @@ def concept_centre(level: mx.array, masks: mx.array, valid: mx.array, keep: mx.a
 class ConceptPhase(SoftPromptPhase):
     """``SoftPromptPhase`` with the concept alignment in place of the mask surrogate. Its
     default config starts from random allowed tokens: the concept does not depend on a start,
-    which only sets the bar its projections must beat."""
+    so the best start given only sets the bar its projections must beat."""
 
     name = "concept"
 
-    def __init__(self, ctx: SearchContext, config: SoftConfig, start: Candidate | None = None):
+    def __init__(self, ctx: SearchContext, config: SoftConfig, starts: list[Candidate] = ()):
         scorer = ctx.scorer
         dense = scorer.dense
         self._centre = {"centre": concept_centre(scorer.features.levels[-1], dense.masks, dense.valid, dense.keep)}
-        super().__init__(ctx, config, start)
+        super().__init__(ctx, config, starts)
 
     def _compiled_state(self) -> list[Any]:
         return [self.ctx.model, self._centre, self._frame]

@@ -133,13 +133,13 @@ def _random_starts(ctx: SearchContext, cfg: SearchConfig, first: list[tuple[int,
 def _phase(name: str, ctx: SearchContext, cfg: SearchConfig, starts: list[Candidate]):
     best = max(starts, key=lambda c: c.score)
     if name == "soft":
-        return SoftPromptPhase(ctx, cfg.soft, best)
+        return SoftPromptPhase(ctx, cfg.soft, starts)
     if name == "gcg":
         return GcgPhase(ctx, cfg.gcg, best)
     if name == "evolution":
         return EvolutionPhase(ctx, cfg.evolution, starts)
     if name == "concept":
-        return ConceptPhase(ctx, cfg.concept, best)
+        return ConceptPhase(ctx, cfg.concept, starts)
     raise ValueError(f"unknown search phase {name!r} ({', '.join(PHASE_SHARES)})")
 
 
