@@ -106,11 +106,12 @@ def test_surrogate_rises_and_evaluations_are_counted(mlx_model, scorer):
 
 def test_soft_prompts_side_by_side_move_as_alone(mlx_model, scorer):
     """Each of several soft prompts takes the steps it would take alone from its start (its own
-    gradient and Adam moments); the best starts are taken, the phase's best is the best of theirs,
-    and a soft prompt beyond the starts given begins at random tokens, held to the best start."""
+    gradient and Adam moments, its own patience: one that stops stays put while the others move);
+    the best starts are taken, the phase's best is the best of theirs, and a soft prompt beyond
+    the starts given begins at random tokens, held to the best start."""
     ctx = context(mlx_model, scorer, seed=0, length=2)
     starts = ctx.evaluate([tuple(ctx.tokenizer.encode(t)) for t in ("red car", "blue sky", "small dog")])
-    config = SoftConfig(steps=4, learning_rate=1.0, evaluate_every=2, patience=100, starts=2)
+    config = SoftConfig(steps=8, learning_rate=1.0, evaluate_every=1, patience=2, starts=2)
     together = SoftPromptPhase(ctx, config, starts)
     ranked = sorted(starts, key=lambda c: -c.score)
     assert together.bests == ranked[:2]
@@ -124,6 +125,15 @@ def test_soft_prompts_side_by_side_move_as_alone(mlx_model, scorer):
         np.testing.assert_allclose(np.array(together.vectors[k]), np.array(phase.vectors[0]), rtol=1e-5, atol=1e-6)
         assert together.bests[k].score == phase.best.score
     assert together.best == max((p.best for p in alone), key=lambda c: c.score)
+    assert together.stale == [p.stale[0] for p in alone] and together.active() == []  # both stopped early
+    assert together.taken < config.steps
+
+    held = SoftPromptPhase(context(mlx_model, scorer, seed=0, length=2), dataclasses.replace(config, patience=100), starts)
+    held.step(), held.step()  # momentum built up
+    held.stale[1] = 100  # as if the second had stopped: it stays put, the first moves on
+    before = np.array(held.vectors)
+    held.step()
+    assert not np.allclose(np.array(held.vectors[0]), before[0]) and np.array_equal(np.array(held.vectors[1]), before[1])
 
     wide = SoftPromptPhase(context(mlx_model, scorer, seed=0, length=2), dataclasses.replace(config, starts=5), starts)
     assert wide.vectors.shape[0] == 5 and wide.bests[3:] == [ranked[0], ranked[0]]

@@ -45,7 +45,7 @@ class SoftConfig:
     # random starts, 100 steps, surrogate temperatures 0.01 / 0.03) the projections' exact scores
     # ranged over 0.34-0.83 and 0.04-0.59 of the planted prompt's, medians 0.69 and 0.33.
     starts: int = 1
-    patience: int = 5  # stop after this many exact scorings in a row in which no soft prompt found better
+    patience: int = 5  # a soft prompt stops after this many exact scorings in a row without a better projection
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays
     eps: float = 1e-8  # Adam's denominator floor
     # The soft prompt stays in the span of the token table's principal directions holding this
@@ -116,7 +116,7 @@ class SoftPromptPhase:
         self.vectors = mx.stack([self._embed(t) for t in ids])  # [starts, length, width] float32
         self.m, self.v = mx.zeros_like(self.vectors), mx.zeros_like(self.vectors)
         self.taken = 0  # gradient steps so far
-        self.stale = 0  # exact scorings since a soft prompt last found better than its best
+        self.stale = [0] * config.starts  # per soft prompt, exact scorings since its best last improved
         # per soft prompt, the best candidate it has had: its start, then its projections; one
         # from random tokens is held to the best start given, which its projections must beat to matter
         self.bests: list[Candidate | None] = chosen + [starts[0] if starts else None] * (config.starts - len(chosen))
@@ -145,46 +145,55 @@ class SoftPromptPhase:
     def _loss(self, vectors: mx.array) -> mx.array:
         return -self.ctx.scorer.surrogate(self._framed(vectors), self._frame["padding"])
 
+    def active(self) -> list[int]:
+        """The soft prompts still moving: those whose projections improved within ``patience``."""
+        return [k for k, stale in enumerate(self.stale) if stale < self.config.patience]
+
     @property
     def done(self) -> bool:
-        return self.taken >= self.config.steps or self.stale >= self.config.patience
+        return self.taken >= self.config.steps or not self.active()
 
     @property
     def best(self) -> Candidate | None:
         return max((c for c in self.bests if c is not None), key=lambda c: c.score, default=None)
 
-    def projections(self) -> list[tuple[int, ...]]:
-        """Each soft prompt's nearest allowed tokens."""
-        return [self.index.project(v) for v in self.vectors]
+    def projections(self, which: list[int]) -> list[tuple[int, ...]]:
+        """These soft prompts' nearest allowed tokens."""
+        return [self.index.project(self.vectors[k]) for k in which]
 
     def step(self) -> list[Candidate]:
-        """One Adam step of every soft prompt (one gradient each: a batch of them would multiply
-        the memory a full-size surrogate's gradient takes); on evaluation steps (and the last)
-        the projections' exact scores."""
+        """One Adam step of every active soft prompt (one gradient each: a batch of them would
+        multiply the memory a full-size surrogate's gradient takes); on evaluation steps (and the
+        last) their projections' exact scores."""
         if self.done:
             return []
-        cfg = self.config
-        points = mx.stack([self._embed(t) for t in self.projections()]) if cfg.pez else self.vectors
+        cfg, active = self.config, self.active()
+        points = mx.stack([self._embed(t) for t in self.projections(active)]) if cfg.pez else self.vectors[mx.array(active)]
         losses, grads = zip(*(self._loss_and_grad(point) for point in points))
+        gradient = mx.zeros_like(self.vectors)
+        gradient[mx.array(active)] = mx.stack(grads)
         self.taken += 1
-        self.vectors, self.m, self.v = adam(self.vectors, mx.stack(grads), self.m, self.v, self.taken,
-                                            self.step_size, cfg.betas, cfg.eps)
+        moved = adam(self.vectors, gradient, self.m, self.v, self.taken, self.step_size, cfg.betas, cfg.eps)
         if self.span is not None:  # Adam's per-coordinate steps leave the span; back into it
-            self.vectors = self.vectors @ self.span
+            moved = (moved[0] @ self.span, *moved[1:])
+        # a stopped soft prompt stays where it stopped (Adam's momentum would carry it on)
+        moving = mx.array(np.isin(np.arange(cfg.starts), active))[:, None, None]
+        self.vectors, self.m, self.v = (mx.where(moving, new, old) for new, old in zip(moved, (self.vectors, self.m, self.v)))
         mx.eval(self.vectors, self.m, self.v)
         self.value = -min(float(loss) for loss in losses)
         if self.taken % cfg.evaluate_every and self.taken < cfg.steps:
             return []
-        projections = self.projections()
+        projections = self.projections(active)
         # a projection counts only if it beats its own soft prompt's best: race the rest out
-        bar = None if any(c is None for c in self.bests) else min(c.score for c in self.bests)
+        bests = [self.bests[k] for k in active]
+        bar = None if any(c is None for c in bests) else min(c.score for c in bests)
         scored = {c.tokens: c for c in self.ctx.evaluate(projections, bar)}
-        improved = False
-        for k, tokens in enumerate(projections):
+        for k, tokens in zip(active, projections):
             found = scored.get(tokens)
             if found is not None and (self.bests[k] is None or found.score > self.bests[k].score):
-                self.bests[k], improved = found, True
-        self.stale = 0 if improved else self.stale + 1
+                self.bests[k], self.stale[k] = found, 0
+            else:
+                self.stale[k] += 1
         return list(scored.values())
 
     def state(self) -> dict[str, Any]:
@@ -197,7 +206,7 @@ class SoftPromptPhase:
         if state["vectors"].shape != tuple(self.vectors.shape):
             raise ValueError(f"saved soft prompts are {state['vectors'].shape}, expected {tuple(self.vectors.shape)}")
         self.vectors, self.m, self.v = (mx.array(state[k], dtype=mx.float32) for k in ("vectors", "m", "v"))
-        self.taken, self.stale, self.value = int(state["taken"]), int(state["stale"]), state["value"]
+        self.taken, self.stale, self.value = int(state["taken"]), [int(s) for s in state["stale"]], state["value"]
         self.bests = [None if c is None else Candidate(tuple(int(i) for i in c["tokens"]), float(c["score"]))
                       for c in state["bests"]]
         self.rng.bit_generator.state = state["rng"]
