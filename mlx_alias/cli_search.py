@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from enum import Enum
 from pathlib import Path
@@ -76,6 +77,9 @@ def search(
     roundtrip_only: bool = typer.Option(False, "--roundtrip-only", help="Only aliases whose text re-tokenizes to the same ids."),
     phases: str = typer.Option("soft,evolution,gcg", "--phases",
                                help="Comma-separated search phases in order, among concept, soft, evolution, gcg."),
+    soft_starts: int = typer.Option(8, "--soft-starts", min=1,
+                                    help="Soft prompts the soft phase climbs side by side, from the best starts "
+                                    "(each costs one surrogate gradient per step)."),
     cache: Path = typer.Option(Path.home() / ".cache" / "mlx-alias", "--cache", help="Image feature cache folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT."),
 ) -> None:
@@ -90,6 +94,7 @@ def search(
 
         cfg = SearchConfig(lengths=tuple(dict.fromkeys(lengths)), budget=budget, holdout_fraction=holdout, seed=seed, pairs_per_batch=batch,
                            roundtrip_only=roundtrip_only, objective=ObjectiveConfig(threshold=threshold))
+        cfg = dataclasses.replace(cfg, soft=dataclasses.replace(cfg.soft, starts=soft_starts))
         cfg = cfg.with_phases(tuple(p.strip() for p in phases.split(",")))
         data = load_dataset(dataset, images)
         model = _model_in(weights, dtype)

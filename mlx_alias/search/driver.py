@@ -34,7 +34,7 @@ from .task import CategoryTask
 from .vocab import allowed_tokens
 
 PERFECT = 1.0 - 1e-9
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: the soft phase holds several soft prompts
 
 
 # Each phase's share of the budget (``SearchConfig.with_phases`` rescales them to the phases
@@ -66,7 +66,9 @@ class SearchConfig:
     # many rounds in a row end without a better alias.
     round_patience: int = 2
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    soft: SoftConfig = field(default_factory=SoftConfig)
+    # Soft prompts from the round's 8 best starts side by side: its gradient phase climbs to the
+    # nearest optimum of the surrogate, so one start commits the phase to one basin (README).
+    soft: SoftConfig = field(default_factory=lambda: SoftConfig(starts=8))
     gcg: GcgConfig = field(default_factory=GcgConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     # Alignment needs no images, so its optimum comes quickly: on the tiny planted world (seed 0)
