@@ -198,7 +198,7 @@ class SoftPromptPhase:
 
     def state(self) -> dict[str, Any]:
         return {"vectors": np.array(self.vectors), "m": np.array(self.m), "v": np.array(self.v),
-                "taken": self.taken, "stale": self.stale, "value": self.value,
+                "taken": self.taken, "stale": list(self.stale), "value": self.value,
                 "bests": [None if c is None else {"tokens": list(c.tokens), "score": c.score} for c in self.bests],
                 "rng": self.rng.bit_generator.state}
 
