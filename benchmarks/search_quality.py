@@ -84,7 +84,10 @@ def world(seed: int, prompt: str, root: Path, images: int, plain_vocabulary: boo
 
 
 def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
-        search_seeds: tuple[int, ...] = (0,)) -> list[dict]:
+        search_seeds: tuple[int, ...] = (0,), soft_starts: int | None = None,
+        temperatures: tuple[float, float] | None = None) -> list[dict]:
+    """Every method's searches on one world; ``soft_starts`` and ``temperatures`` (score, mask:
+    the surrogate's) replace the defaults for every method."""
     tokenizer = load_tokenizer()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,6 +98,8 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
             return []
         cache = FeatureCache(model, Path(tmp) / "mlx", None)
         objective = ObjectiveConfig(threshold=threshold)
+        if temperatures is not None:
+            objective = dataclasses.replace(objective, temperature=temperatures[0], mask_temperature=temperatures[1])
         task = category_task(model, cache, dataset, 1, holdout_fraction=0.34, seed=seed, config=objective)
         if task.holdout is None or not task.split.holdout_positives:
             raise SystemExit(f"seed {seed}: no holdout positives; use more images")
@@ -110,6 +115,8 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
             changes = METHODS[method]
             cfg = dataclasses.replace(SearchConfig(lengths=(len(hidden.content),), budget=budget, holdout_fraction=0.34,
                                                    seed=seed + offset, objective=objective), **changes)
+            if soft_starts is not None:
+                cfg = dataclasses.replace(cfg, soft=dataclasses.replace(cfg.soft, starts=soft_starts))
             task = category_task(model, cache, dataset, 1, holdout_fraction=0.34, seed=seed, config=objective)
             setup = encoding
             if method == "seed-style":
@@ -185,10 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--search-seeds", type=int, nargs="+", default=[0],
                         help="offsets added to the world's seed: one search per offset, method and world")
+    parser.add_argument("--soft-starts", type=int, help="soft prompts the soft phase climbs side by side (default: the search's)")
+    parser.add_argument("--temperatures", type=float, nargs=2, metavar=("SCORE", "MASK"),
+                        help="the surrogate's score and mask temperatures (default: the objective's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = [row for seed in args.seeds for prompt in args.prompts
-            for row in run(seed, prompt, args.budget, args.images, args.methods, tuple(args.search_seeds))]
+            for row in run(seed, prompt, args.budget, args.images, args.methods, tuple(args.search_seeds),
+                           args.soft_starts, None if args.temperatures is None else tuple(args.temperatures))]
     print(json.dumps({"rows": rows}) if args.json else table(rows, args.methods))
     return 0
 

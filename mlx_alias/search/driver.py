@@ -66,9 +66,7 @@ class SearchConfig:
     # many rounds in a row end without a better alias.
     round_patience: int = 2
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    # Soft prompts from the round's 8 best starts side by side: its gradient phase climbs to the
-    # nearest optimum of the surrogate, so one start commits the phase to one basin (README).
-    soft: SoftConfig = field(default_factory=lambda: SoftConfig(starts=8))
+    soft: SoftConfig = field(default_factory=SoftConfig)
     gcg: GcgConfig = field(default_factory=GcgConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     # Alignment needs no images, so its optimum comes quickly: on the tiny planted world (seed 0)
