@@ -158,8 +158,10 @@ class SoftPromptPhase:
         return max((c for c in self.bests if c is not None), key=lambda c: c.score, default=None)
 
     def projections(self, which: list[int]) -> list[tuple[int, ...]]:
-        """These soft prompts' nearest allowed tokens."""
-        return [self.index.project(self.vectors[k]) for k in which]
+        """These soft prompts' nearest allowed tokens (one similarity product for all of them)."""
+        rows = self.vectors[mx.array(which)]
+        nearest = self.index.nearest(rows.reshape(-1, rows.shape[-1]))[:, 0].reshape(len(which), -1)
+        return [tuple(int(i) for i in ids) for ids in nearest]
 
     def step(self) -> list[Candidate]:
         """One Adam step of every active soft prompt (one gradient each: a batch of them would
