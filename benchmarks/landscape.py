@@ -12,7 +12,8 @@ training split:
   nearest allowed tokens in the embedding table: do nearby tokens act alike?);
 - surrogate fidelity: the rank correlation of the surrogate with the exact score over those
   aliases, at several surrogate temperatures (score, mask: a random tiny model's mask logits
-  sit within about 0.2 of 0, where sigmoid(logit) is a grey 0.5 that hides the mask);
+  sit within about 0.2 of 0, where sigmoid(logit) is a grey 0.5 that hides the mask), the
+  first scaled to the model's outputs as the search scales them;
 - gradient signal: for aliases with all positions but one taken from the planted prompt, the
   rank of the planted token at the free position under the surrogate's one-hot gradient
   (what GCG's top-k draws from); chance is half the allowed vocabulary.
@@ -35,13 +36,15 @@ from search_quality import world
 
 from mlx_alias.search.cache import FeatureCache
 from mlx_alias.search.discrete import token_gradients
+from mlx_alias.search.driver import CALIBRATION_PROMPTS
 from mlx_alias.search.objective import ObjectiveConfig
 from mlx_alias.search.phase import SearchContext, ids_of
 from mlx_alias.search.task import category_task
 from mlx_alias.search.vocab import allowed_tokens
 from mlx_alias.tokenizer import load_tokenizer
 
-TEMPERATURES = ((0.05, 1.0), (0.01, 1.0), (0.01, 0.03))  # (score, mask)
+# (score, mask); None: scaled to the model's outputs on the random aliases (``Scorer.calibrated``)
+TEMPERATURES = ((None, None), (0.05, 1.0), (0.01, 1.0), (0.01, 0.03))
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
@@ -85,9 +88,12 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
         fidelity, gradient_ranks = {}, {}
         for temperature, mask_temperature in TEMPERATURES:
             task.train.config = dataclasses.replace(objective, temperature=temperature, mask_temperature=mask_temperature)
+            task.train.config = task.train.calibrated(ids_of(tokenizer, random_aliases[:CALIBRATION_PROMPTS]))
+            label = ("calibrated " if temperature is None else "") + \
+                f"{task.train.config.temperature:.3g}, {task.train.config.mask_temperature:.3g}"
             rows = [mx.array(row[None]) for row in ids_of(tokenizer, aliases)]
             surrogate = np.array([float(task.train.surrogate(model.token_embeddings(r), r == 0)) for r in rows])
-            fidelity[f"{temperature}, {mask_temperature}"] = {
+            fidelity[label] = {
                 "rank_correlation": float(np.corrcoef(ranks(exact), ranks(surrogate))[0, 1]),
                 "planted": float(surrogate[0]), "best_other": float(surrogate[1:].max()),
             }
@@ -99,7 +105,7 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
                     grad = token_gradients(ctx, tuple(alias), table)[position]
                     grad = np.where(allowed, grad, -np.inf)
                     found.append(int((grad > grad[planted[position]]).sum()))
-            gradient_ranks[f"{temperature}, {mask_temperature}"] = found
+            gradient_ranks[label] = found
     return {
         "seed": seed, "prompt": prompt, "threshold": threshold, "allowed": int(allowed.sum()),
         "planted": float(exact[0]), "random_max": float(exact[1: 1 + randoms].max()),

@@ -155,6 +155,10 @@ def process_peak_rss_gb() -> float:
 
 # --- the torch surrogate -----------------------------------------------------------------------
 
+# the objective both sides time; the surrogate's temperatures change no timing
+TIMED = ObjectiveConfig(temperature=0.05, mask_temperature=1.0)
+
+
 def torch_surrogate(scores: torch.Tensor, mask_logits: torch.Tensor, targets: torch.Tensor,
                     instance_valid: torch.Tensor, keep: torch.Tensor, config: ObjectiveConfig) -> torch.Tensor:
     """``mlx_alias.search.objective.surrogate``, line for line in torch (the search has no torch
@@ -187,7 +191,7 @@ def exact_stage(scorer: ExactScorer, ids: np.ndarray, repeats: int) -> dict[str,
 
 def measure_mlx(model, paths: list[Path], targets: list[MaskTarget], ids: np.ndarray, args: argparse.Namespace,
                 peaks: Peaks) -> dict[str, Any]:
-    size, config = model.cfg.vision.image_size, ObjectiveConfig()
+    size, config = model.cfg.vision.image_size, TIMED
     pixels = mx.array(preprocess_batch([load_image(p) for p in paths], size))
     out: dict[str, Any] = {}
     with peaks.mlx_stage("encode"):
@@ -220,7 +224,7 @@ def measure_mlx(model, paths: list[Path], targets: list[MaskTarget], ids: np.nda
 def measure_torch(reference: torch.nn.Module, paths: list[Path], targets: list[MaskTarget], ids: np.ndarray,
                   args: argparse.Namespace, device: torch.device, autocast: Callable[[], Any],
                   peaks: Peaks, size: int) -> dict[str, Any]:
-    config = ObjectiveConfig()
+    config = TIMED
     pixels = nchw(preprocess_batch([load_image(p) for p in paths], size)).to(device)
     out: dict[str, Any] = {}
     with torch.no_grad(), autocast(), peaks.torch_stage("encode"):

@@ -101,4 +101,4 @@ def scorer(mlx_model):
     box[10:40, 20:50] = True
     none = np.zeros_like(box)
     targets = [MaskTarget(box[None], none), MaskTarget(np.zeros((0, size, size), bool), none)]
-    return Scorer(mlx_model, features, targets, ObjectiveConfig(threshold=0.25))
+    return Scorer(mlx_model, features, targets, ObjectiveConfig(threshold=0.25, temperature=0.05, mask_temperature=1.0))

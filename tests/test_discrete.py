@@ -22,7 +22,7 @@ from mlx_alias.search.phase import SearchContext
 from mlx_alias.search.scorer import Scorer
 from mlx_alias.tokenizer import load_tokenizer
 
-CFG = ObjectiveConfig()
+CFG = ObjectiveConfig(temperature=0.05, mask_temperature=1.0)  # the surrogate's, fixed
 GCG = GcgConfig(steps=2, candidates=5, top_k=8, swaps_per_candidate=2)
 EVOLUTION = EvolutionConfig(generations=2, population=5, elite=2, neighbours=8)
 

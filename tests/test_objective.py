@@ -13,11 +13,12 @@ from mlx_alias.search.objective import (
     ObjectiveConfig,
     aggregate,
     area_resize,
+    calibrate,
     score_image,
     surrogate,
 )
 
-CFG = ObjectiveConfig()
+CFG = ObjectiveConfig(temperature=0.05, mask_temperature=1.0)  # the surrogate's, fixed
 
 
 def box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -151,3 +152,23 @@ def test_surrogate_mask_temperature_sharpens_weak_masks():
     plain = float(surrogate(*args, CFG))
     sharp = float(surrogate(*args, dataclasses.replace(CFG, mask_temperature=0.02)))
     assert plain < 0.6 and sharp == pytest.approx(1.0, abs=0.02)
+
+
+def test_calibrate_scales_unset_temperatures_to_the_outputs():
+    scores = np.array([[0.1, 0.3], [0.5, 0.7]])  # standard deviation sqrt(0.05)
+    unset = ObjectiveConfig(threshold=0.4)
+    scaled = calibrate(unset, scores, 0.2)
+    assert scaled.temperature == pytest.approx(np.sqrt(0.05) / 8)
+    assert scaled.mask_temperature == pytest.approx(0.2 / 5)
+    assert (scaled.threshold, scaled.negative_penalty) == (unset.threshold, unset.negative_penalty)
+    assert calibrate(CFG, scores, 0.2) == CFG  # given temperatures are kept
+    assert calibrate(dataclasses.replace(CFG, mask_temperature=None), scores, 0.2).temperature == CFG.temperature
+    with pytest.raises(ValueError, match="give its temperatures"):
+        calibrate(unset, np.full((2, 2), 0.3), 0.2)  # constant scores: nothing to scale to
+
+
+def test_surrogate_refuses_unset_temperatures():
+    args = (mx.zeros((1, 2)), mx.zeros((1, 2, 4, 4)), mx.zeros((1, 1, 4, 4)), mx.zeros((1, 1), dtype=mx.bool_),
+            mx.ones((1, 4, 4)))
+    with pytest.raises(ValueError, match="temperatures are not set"):
+        surrogate(*args, ObjectiveConfig())

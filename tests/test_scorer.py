@@ -10,11 +10,11 @@ import pytest
 from mlx_alias.demo import synthetic_images
 from mlx_alias.model.text import TextFeatures
 from mlx_alias.image import load_image, preprocess_batch
-from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, aggregate, score_image
+from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, aggregate, calibrate, score_image
 from mlx_alias.search.scorer import Pruned, ReencodingScorer, Scorer
 from mlx_alias.tokenizer import load_tokenizer
 
-CFG = ObjectiveConfig()
+CFG = ObjectiveConfig(temperature=0.05, mask_temperature=1.0)  # the surrogate's, fixed
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +121,24 @@ def test_masks_only_where_the_objective_reads_them(search_model, setup):
             computed += 1
             np.testing.assert_allclose(masks[k], np.array(full.masks[k]), atol=1e-5)
     assert 0 < computed < len(pairs)  # some pairs need masks (the planted prompt) and some do not
+
+
+def test_calibrated_scales_to_these_prompts_outputs(search_model, setup):
+    """The temperatures come from every image's groundings of each prompt: the scores' spread
+    over all of them, the median over prompts of each one's median |mask logit|."""
+    features, targets = setup
+    ids = load_tokenizer()(["a red car", "velvet lantern", "dog"])
+    scorer = Scorer(search_model, features, targets, ObjectiveConfig(threshold=CFG.threshold))
+    scores, medians = [], []
+    for c in range(len(ids)):
+        text = search_model.encode_text(mx.array(ids[c:c + 1]))
+        g = search_model.ground(features, TextFeatures(mx.repeat(text.memory, 3, 0), mx.repeat(text.padding, 3, 0)),
+                                mx.arange(3))
+        scores.append(np.array(g.scores))
+        medians.append(np.median(np.abs(np.array(g.masks))))
+    expected = calibrate(scorer.config, np.stack(scores), float(np.median(medians)))
+    found = scorer.calibrated(ids)
+    assert found.temperature == pytest.approx(expected.temperature, rel=1e-5)
+    assert found.mask_temperature == pytest.approx(expected.mask_temperature, rel=1e-5)
+    assert found.temperature != pytest.approx(calibrate(scorer.config, np.stack(scores[:1]), medians[0]).temperature)
+    assert Scorer(search_model, features, targets, CFG).calibrated(ids) == CFG  # given ones are kept

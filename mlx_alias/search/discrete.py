@@ -37,7 +37,7 @@ def token_gradients(ctx: SearchContext, tokens: Tokens, table: mx.array) -> np.n
     embeddings are one_hot @ table, d/d(one_hot) = d/d(embeddings) @ table.T on the content rows."""
     ids = mx.array(ctx.tokenizer.from_content_ids(tokens))
     padding = padding_of(ids)
-    grad = mx.grad(lambda e: ctx.scorer.surrogate(e, padding))(ctx.model.token_embeddings(ids))
+    grad = mx.grad(lambda e: ctx.surrogate(e, padding))(ctx.model.token_embeddings(ids))
     return np.array(grad[0, 1: 1 + len(tokens)].astype(mx.float32) @ table.T)
 
 

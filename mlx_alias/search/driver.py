@@ -28,13 +28,15 @@ from mlx_alias.tokenizer import Tokenizer
 from .concept import ConceptPhase
 from .discrete import EvolutionConfig, EvolutionPhase, GcgConfig, GcgPhase
 from .objective import ObjectiveConfig
-from .phase import Candidate, SearchContext
+from .phase import Candidate, SearchContext, ids_of
 from .soft import SoftConfig, SoftPromptPhase
 from .task import CategoryTask
 from .vocab import allowed_tokens
 
 PERFECT = 1.0 - 1e-9
 STATE_VERSION = 3  # 3: the soft phase holds several soft prompts
+CALIBRATION_PROMPTS = 8  # random aliases grounded to scale the surrogate's temperatures
+CALIBRATION_STREAM = 1  # keeps their generator apart from the search's own ([seed, category])
 
 
 # Each phase's share of the budget (``SearchConfig.with_phases`` rescales them to the phases
@@ -130,6 +132,13 @@ def _random_starts(ctx: SearchContext, cfg: SearchConfig, first: list[tuple[int,
     return ctx.evaluate(first)
 
 
+def _calibration_prompts(cfg: SearchConfig, task: CategoryTask, allowed: np.ndarray, length: int) -> list[tuple[int, ...]]:
+    """Random aliases on which the surrogate's temperatures are scaled, from a generator of
+    their own, so that a resumed search draws them, and scales, exactly as before."""
+    draw = np.random.default_rng([cfg.seed, task.category.id, length, CALIBRATION_STREAM])
+    return [tuple(int(t) for t in draw.choice(np.flatnonzero(allowed), length)) for _ in range(CALIBRATION_PROMPTS)]
+
+
 def _phase(name: str, ctx: SearchContext, cfg: SearchConfig, starts: list[Candidate]):
     best = max(starts, key=lambda c: c.score)
     if name == "soft":
@@ -158,6 +167,7 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
     keep = functools.lru_cache(maxsize=None)(tokenizer.roundtrips) if cfg.roundtrip_only else (lambda t: True)
     ctx = SearchContext(model, task.train, tokenizer, allowed, length,
                         np.random.default_rng([cfg.seed, task.category.id]))
+    ctx.objective = task.train.calibrated(ids_of(tokenizer, _calibration_prompts(cfg, task, allowed, length)))
     label = task.category.label
     saved = pickle.loads(state_path.read_bytes()) if state_path and state_path.is_file() else None
     if saved is not None and saved["version"] == STATE_VERSION:

@@ -18,6 +18,7 @@ import numpy as np
 from mlx_alias.model.sam3 import Sam3
 from mlx_alias.tokenizer import CONTEXT_LENGTH, Tokenizer
 
+from .objective import ObjectiveConfig
 from .scorer import Pruned, Scorer
 
 
@@ -43,6 +44,12 @@ class SearchContext:
     seen: dict[tuple[int, ...], float] = field(default_factory=dict)  # exact scores so far
     bounds: dict[tuple[int, ...], float] = field(default_factory=dict)  # raced out: score at most this
     limit: int | None = None  # the scorer's evaluation count the current phase may reach
+    # the gradient phases' objective: the scorer's, its surrogate temperatures set (``Scorer.calibrated``)
+    objective: ObjectiveConfig | None = None
+
+    def surrogate(self, embeddings: mx.array, padding: mx.array) -> mx.array:
+        """``Scorer.surrogate`` under our objective (the scorer's own where we hold none)."""
+        return self.scorer.surrogate(embeddings, padding, self.objective)
 
     def affordable(self) -> int:
         """How many more candidates the budget pays for (at least one, so a step always moves)."""

@@ -16,11 +16,12 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_alias.image import load_image, preprocess
-from mlx_alias.model.sam3 import ImageFeatures, Sam3
+from mlx_alias.model.sam3 import Grounding, ImageFeatures, Sam3
 from mlx_alias.model.text import TextFeatures
 from mlx_alias.tokenizer import PAD_ID
 
-from .objective import ImageResult, MaskTarget, ObjectiveConfig, SplitScore, aggregate, score_image, surrogate
+from .objective import (ImageResult, MaskTarget, ObjectiveConfig, SplitScore, aggregate, calibrate, score_image,
+                        surrogate)
 
 
 @dataclass
@@ -176,18 +177,35 @@ class Scorer(ExactScorer):
                 masks[k] = row
         return scores, masks
 
-    def surrogate(self, embeddings: mx.array, padding: mx.array) -> mx.array:
-        """One soft prompt ([1, L, width] input embeddings, [1, L] padding) -> the surrogate
-        score over all images, differentiable with respect to ``embeddings``."""
-        text = self.model.encode_text_embeddings(embeddings, padding)
-        index = mx.arange(self.images)
-        grounded = self.model.ground(
+    def _ground_everywhere(self, text: TextFeatures) -> Grounding:
+        """One prompt's text features [1, ...] grounded on every image, masks included."""
+        return self.model.ground(
             self.features,
             TextFeatures(mx.repeat(text.memory, self.images, axis=0), mx.repeat(text.padding, self.images, axis=0)),
-            index,
+            mx.arange(self.images),
         )
+
+    def surrogate(self, embeddings: mx.array, padding: mx.array, config: ObjectiveConfig | None = None) -> mx.array:
+        """One soft prompt ([1, L, width] input embeddings, [1, L] padding) -> the surrogate
+        score over all images, differentiable with respect to ``embeddings``; under ``config``
+        (our own by default), whose temperatures must be set."""
+        grounded = self._ground_everywhere(self.model.encode_text_embeddings(embeddings, padding))
         return surrogate(grounded.scores.astype(mx.float32), grounded.masks.astype(mx.float32),
-                         self.dense.masks, self.dense.valid, self.dense.keep, self.config)
+                         self.dense.masks, self.dense.valid, self.dense.keep, config or self.config)
+
+    def calibrated(self, ids: np.ndarray) -> ObjectiveConfig:
+        """Our objective with the surrogate temperatures it leaves unset scaled (``calibrate``)
+        to the model's outputs for these token rows [C, context] on every image, grounded one
+        row at a time (a full-size row's mask logits on 8 images take half a gigabyte)."""
+        if self.config.temperature is not None and self.config.mask_temperature is not None:
+            return self.config
+        text = self._encode(ids)
+        scores, medians = [], []
+        for row in range(len(ids)):
+            grounded = self._ground_everywhere(TextFeatures(text.memory[row: row + 1], text.padding[row: row + 1]))
+            scores.append(np.array(grounded.scores.astype(mx.float32)))
+            medians.append(float(np.median(np.abs(np.array(grounded.masks.astype(mx.float32))))))
+        return calibrate(self.config, np.stack(scores), float(np.median(medians)))
 
 
 class ReencodingScorer(ExactScorer):

@@ -143,7 +143,7 @@ class SoftPromptPhase:
         return mx.concatenate([head, vectors[None].astype(head.dtype), tail], axis=1)
 
     def _loss(self, vectors: mx.array) -> mx.array:
-        return -self.ctx.scorer.surrogate(self._framed(vectors), self._frame["padding"])
+        return -self.ctx.surrogate(self._framed(vectors), self._frame["padding"])
 
     def active(self) -> list[int]:
         """The soft prompts still moving: those whose projections improved within ``patience``."""
