@@ -80,6 +80,12 @@ def search(
     soft_starts: int = typer.Option(1, "--soft-starts", min=1,
                                     help="Soft prompts the soft phase climbs side by side, from the best starts "
                                     "(each costs one surrogate gradient per step)."),
+    score_temperature: float = typer.Option(None, "--score-temperature", min=1e-6,
+                                            help="Width of the surrogate's soft score threshold (default: an eighth "
+                                            "of the model's score spread on random aliases)."),
+    mask_temperature: float = typer.Option(None, "--mask-temperature", min=1e-6,
+                                           help="The surrogate's masks are sigmoid(logit / this) (default: a fifth "
+                                           "of the model's median |mask logit| on random aliases)."),
     cache: Path = typer.Option(Path.home() / ".cache" / "mlx-alias", "--cache", help="Image feature cache folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT."),
 ) -> None:
@@ -93,7 +99,9 @@ def search(
         from mlx_alias.search.run import run_search
 
         cfg = SearchConfig(lengths=tuple(dict.fromkeys(lengths)), budget=budget, holdout_fraction=holdout, seed=seed, pairs_per_batch=batch,
-                           roundtrip_only=roundtrip_only, objective=ObjectiveConfig(threshold=threshold))
+                           roundtrip_only=roundtrip_only,
+                           objective=ObjectiveConfig(threshold=threshold, temperature=score_temperature,
+                                                     mask_temperature=mask_temperature))
         cfg = dataclasses.replace(cfg, soft=dataclasses.replace(cfg.soft, starts=soft_starts))
         cfg = cfg.with_phases(tuple(p.strip() for p in phases.split(",")))
         data = load_dataset(dataset, images)

@@ -120,9 +120,12 @@ def test_evaluate_mlx_and_torch_agree(search_weights, planted, tmp_path):
 def test_search_then_evaluate(search_weights, planted, tmp_path):
     dataset, threshold = planted
     out = tmp_path / "run"
-    result = run_cli(*search_args(search_weights, dataset, out, threshold, tmp_path, "--soft-starts", 3))
+    result = run_cli(*search_args(search_weights, dataset, out, threshold, tmp_path, "--soft-starts", 3,
+                                 "--mask-temperature", 0.5))
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "run.json").read_text())["search"]["soft"]["starts"] == 3
+    recorded = json.loads((out / "run.json").read_text())["search"]
+    assert recorded["soft"]["starts"] == 3
+    assert (recorded["objective"]["temperature"], recorded["objective"]["mask_temperature"]) == (None, 0.5)
     entries = json.loads((out / "aliases.json").read_text())
     entry = entries[0]
     for key in ("category_id", "name", "tokens", "text", "roundtrip", "train_score", "holdout_score", "evaluations"):
