@@ -131,6 +131,8 @@ def test_search_then_evaluate(search_weights, planted, tmp_path):
     for key in ("category_id", "name", "tokens", "text", "roundtrip", "train_score", "holdout_score", "evaluations"):
         assert key in entry
     assert len(entry["tokens"]) == 2 and 0 not in entry["tokens"]
+    used = entry["lengths"][0]["surrogate_temperatures"]
+    assert used["mask"] == 0.5 and 0 < used["score"] < 1  # given, and scaled to the model
     assert entry["evaluations"] <= 120 + 8  # at most one candidate past the budget
     scored = run_cli("evaluate", "--weights", search_weights / "mlx", "--dataset", dataset, "--aliases",
                      out / "aliases.json", "--split", "train", "--threshold", threshold, "--json", "--cache", tmp_path)

@@ -101,6 +101,7 @@ class Outcome:
     evaluations: int
     curve: list[tuple[int, float]]  # (evaluations spent, best train score so far)
     rounds: int  # rounds of the phases begun
+    surrogate: ObjectiveConfig  # the gradient phases' objective, its temperatures set
 
 
 def _fit(tokens: list[int], length: int, allowed: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
@@ -219,4 +220,4 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
         at = RoundMark(at.round + 1, 0, task.train.evaluations, len(ctx.seen), best.score,
                        0 if improved else at.stale + 1)
         starts = None
-    return Outcome(best, task.train.evaluations, curve, at.round)
+    return Outcome(best, task.train.evaluations, curve, at.round, ctx.objective)

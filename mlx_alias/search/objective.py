@@ -23,7 +23,7 @@ highest score, so that its gradient points where the exact score improves.
 
 The surrogate's two temperatures, unless given, are scaled to the model's own outputs on the
 task (``calibrate``): a random tiny model's mask logits lie within about 0.2 of 0 and its scores
-spread by about 0.1, a trained SAM3's far wider, and one constant cannot suit both.
+spread by about 0.1; constants tuned to those would suit trained weights only by chance.
 """
 
 from __future__ import annotations

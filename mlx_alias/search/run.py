@@ -124,7 +124,9 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
             "curve": _joined_curve([o.curve for o in outcomes]),
             "lengths": [{"length": len(o.best.tokens), "tokens": list(o.best.tokens),
                          "text": tokenizer.decode(o.best.tokens), "train_score": o.best.score,
-                         "evaluations": o.evaluations} for o in outcomes],
+                         "evaluations": o.evaluations,
+                         "surrogate_temperatures": {"score": o.surrogate.temperature,
+                                                    "mask": o.surrogate.mask_temperature}} for o in outcomes],
         }
         if task.category.name:
             name = task.category.name
