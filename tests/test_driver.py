@@ -14,7 +14,7 @@ import pytest
 
 from mlx_alias.data.coco import Category
 from mlx_alias.search import driver
-from mlx_alias.search.discrete import EvolutionConfig
+from mlx_alias.search.discrete import EvolutionConfig, GcgConfig
 from mlx_alias.search.driver import SearchConfig, search_category
 from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
 from mlx_alias.search.scorer import Scorer
@@ -95,6 +95,27 @@ def test_concept_phase_composes_and_a_kill_inside_it_resumes(task, search_model,
     resumed = _killed_then_resumed(task, search_model, tmp_path / "cut.pkl", monkeypatch, config,
                                    lambda state: state["at"].phase == 0 and state["phase"]["taken"] == 3)
     assert (resumed.best, resumed.evaluations, resumed.curve) == (whole.best, whole.evaluations, whole.curve)
+
+
+def test_gradient_phases_take_the_temperatures_scaled_to_the_model(task, search_model, monkeypatch):
+    """The task's objective leaves the surrogate's temperatures unset: the search scales them
+    on its calibration prompts, and every surrogate the soft and GCG phases take uses them."""
+    taken = []
+    original = Scorer.surrogate
+
+    def recording(self, embeddings, padding, config=None):
+        taken.append(config)
+        return original(self, embeddings, padding, config)
+
+    monkeypatch.setattr(Scorer, "surrogate", recording)
+    config = replace(CONFIG.with_phases(("soft", "gcg")), budget=40, soft=SoftConfig(steps=2, evaluate_every=1),
+                     gcg=GcgConfig(steps=2, candidates=4))
+    outcome = _run(task, search_model, None, config)
+    prompts = driver._calibration_prompts(config, task, driver.allowed_tokens(load_tokenizer()), 2)
+    expected = task.train.calibrated(driver.ids_of(load_tokenizer(), prompts))
+    assert task.train.config.temperature is None and expected.temperature > 0 and expected.mask_temperature > 0
+    assert outcome.surrogate == expected
+    assert len(taken) >= 2 and all(c == expected for c in taken)
 
 
 def test_phases_are_checked():
