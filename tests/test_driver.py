@@ -118,6 +118,17 @@ def test_gradient_phases_take_the_temperatures_scaled_to_the_model(task, search_
     assert len(taken) >= 2 and all(c == expected for c in taken)
 
 
+def test_search_without_gradient_phases_leaves_the_surrogate_alone(task, search_model, monkeypatch):
+    """An evolution-only search (the seed-style baseline's, whose scorer has no surrogate) does
+    not ground calibration prompts and records no temperatures."""
+    def refuse(self, ids):
+        raise AssertionError("calibrated without a gradient phase")
+
+    monkeypatch.setattr(Scorer, "calibrated", refuse)
+    outcome = _run(task, search_model, None, replace(CONFIG, budget=40))
+    assert outcome.surrogate is None and outcome.evaluations > 0
+
+
 def test_phases_are_checked():
     assert SearchConfig().with_phases(("soft", "evolution", "gcg")) == SearchConfig()
     for bad in [("soft", "sfot"), (), ("gcg", "gcg")]:

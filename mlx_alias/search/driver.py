@@ -38,6 +38,9 @@ PERFECT = 1.0 - 1e-9
 STATE_VERSION = 3  # 3: the soft phase holds several soft prompts
 CALIBRATION_PROMPTS = 8  # random aliases grounded to scale the surrogate's temperatures
 CALIBRATION_STREAM = 1  # keeps their generator apart from the search's own ([seed, category])
+# The phases that climb the surrogate: only they need its temperatures scaled (an evolution-only
+# search, the seed-style baseline among them, never grounds the calibration prompts).
+SURROGATE_PHASES = frozenset({"soft", "gcg"})
 
 
 # Each phase's share of the budget (``SearchConfig.with_phases`` rescales them to the phases
@@ -102,7 +105,7 @@ class Outcome:
     evaluations: int
     curve: list[tuple[int, float]]  # (evaluations spent, best train score so far)
     rounds: int  # rounds of the phases begun
-    surrogate: ObjectiveConfig  # the gradient phases' objective, its temperatures set
+    surrogate: ObjectiveConfig | None  # the gradient phases' objective, temperatures set; None without them
 
 
 def _fit(tokens: list[int], length: int, allowed: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
@@ -169,7 +172,8 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
     keep = functools.lru_cache(maxsize=None)(tokenizer.roundtrips) if cfg.roundtrip_only else (lambda t: True)
     ctx = SearchContext(model, task.train, tokenizer, allowed, length,
                         np.random.default_rng([cfg.seed, task.category.id]))
-    ctx.objective = task.train.calibrated(ids_of(tokenizer, _calibration_prompts(cfg, task, allowed, length)))
+    if SURROGATE_PHASES.intersection(cfg.phases):
+        ctx.objective = task.train.calibrated(ids_of(tokenizer, _calibration_prompts(cfg, task, allowed, length)))
     label = task.category.label
     saved = pickle.loads(state_path.read_bytes()) if state_path and state_path.is_file() else None
     if saved is not None and saved["version"] == STATE_VERSION:

@@ -125,8 +125,9 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
             "lengths": [{"length": len(o.best.tokens), "tokens": list(o.best.tokens),
                          "text": tokenizer.decode(o.best.tokens), "train_score": o.best.score,
                          "evaluations": o.evaluations,
-                         "surrogate_temperatures": {"score": o.surrogate.temperature,
-                                                    "mask": o.surrogate.mask_temperature}} for o in outcomes],
+                         "surrogate_temperatures": None if o.surrogate is None else
+                         {"score": o.surrogate.temperature, "mask": o.surrogate.mask_temperature}}
+                        for o in outcomes],
         }
         if task.category.name:
             name = task.category.name
