@@ -77,7 +77,7 @@ def search(
     roundtrip_only: bool = typer.Option(False, "--roundtrip-only", help="Only aliases whose text re-tokenizes to the same ids."),
     phases: str = typer.Option("soft,evolution,gcg", "--phases",
                                help="Comma-separated search phases in order, among concept, soft, evolution, gcg."),
-    soft_starts: int = typer.Option(1, "--soft-starts", min=1,
+    soft_starts: int = typer.Option(8, "--soft-starts", min=1,
                                     help="Soft prompts the soft phase climbs side by side, from the best starts "
                                     "(each costs one surrogate gradient per step)."),
     score_temperature: float = typer.Option(None, "--score-temperature", min=1e-6,

@@ -72,7 +72,10 @@ class SearchConfig:
     # many rounds in a row end without a better alias.
     round_patience: int = 2
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    soft: SoftConfig = field(default_factory=SoftConfig)
+    # 8 soft prompts side by side, where one soft phase alone climbs one (``SoftConfig``): over
+    # the 24 planted tiny searches, median holdout 0.965 of the hidden prompt's against 0.908
+    # with one, for about 3.4x the seconds (README, benchmark).
+    soft: SoftConfig = field(default_factory=lambda: SoftConfig(starts=8))
     gcg: GcgConfig = field(default_factory=GcgConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     # Alignment needs no images, so its optimum comes quickly: on the tiny planted world (seed 0)

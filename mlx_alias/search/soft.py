@@ -43,7 +43,8 @@ class SoftConfig:
     # Soft prompts optimised side by side, each from its own start. One gradient ascent ends in
     # the local optimum of its start: on the planted tiny benchmark (red kite, seeds 0 and 1, 12
     # random starts, 100 steps) the best projection of each ascent scored, relative to the
-    # planted prompt, 0.73 and 0.36 at best and 0.66 and 0.15 in the median.
+    # planted prompt, 0.73 and 0.36 at best and 0.66 and 0.15 in the median. One here (the
+    # phase alone); the search's default is 8 (``SearchConfig.soft``).
     starts: int = 1
     patience: int = 5  # a soft prompt stops after this many exact scorings in a row without a better projection
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays
