@@ -213,7 +213,8 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
             while not phase.done and task.train.evaluations < limit and best.score < PERFECT:
                 phase.step()
                 best = best_so_far()
-                curve.append((task.train.evaluations, best.score))
+                if curve[-1] != (task.train.evaluations, best.score):  # gradient steps spend nothing
+                    curve.append((task.train.evaluations, best.score))
                 report(Progress(label, length, name, task.train.evaluations, cfg.budget, best.score))
                 if state_path is not None:
                     state = {"version": STATE_VERSION, "seen": ctx.seen, "bounds": ctx.bounds,
