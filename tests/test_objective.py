@@ -13,7 +13,9 @@ from mlx_alias.search.objective import (
     ObjectiveConfig,
     aggregate,
     area_resize,
+    _greedy_match,
     calibrate,
+    greedy_matching,
     score_image,
     surrogate,
 )
@@ -95,20 +97,48 @@ def _pairs(rng: np.random.Generator, count: int = 6, queries: int = 5, size: int
     return scores, np.where(masks, 30.0, -30.0).astype(np.float32), targets, valid
 
 
+def _exact_and_surrogate(scores: np.ndarray, logits: np.ndarray, targets: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+    exact = aggregate([
+        score_image(scores[b], logits[b], MaskTarget(targets[b][valid[b]], np.zeros(targets.shape[2:], bool)), CFG)
+        for b in range(len(scores))
+    ], CFG).score
+    keep = mx.ones((len(scores), *targets.shape[2:]))
+    soft = surrogate(mx.array(scores), mx.array(logits), mx.array(targets.astype(np.float32)), mx.array(valid), keep, CFG)
+    return exact, float(soft)
+
+
 def test_surrogate_agrees_with_the_exact_score_when_saturated():
-    """With scores far from the threshold and masks certain, the only difference left is the
-    matching (max over queries instead of one-to-one), which these cases keep apart."""
+    """With scores far from the threshold and masks certain, the surrogate is the exact score:
+    what is left of the soft threshold is sigmoid(-0.49 / 0.05) ~ 6e-5 per query."""
     rng = np.random.default_rng(0)
     for _ in range(5):
-        scores, logits, targets, valid = _pairs(rng)
-        exact = aggregate([
-            score_image(scores[b], logits[b], MaskTarget(targets[b][valid[b]], np.zeros((16, 16), bool)), CFG)
-            for b in range(len(scores))
-        ], CFG).score
-        keep = mx.ones((len(scores), 16, 16))
-        soft = surrogate(mx.array(scores), mx.array(logits), mx.array(targets.astype(np.float32)),
-                         mx.array(valid), keep, CFG)
-        assert float(soft) == pytest.approx(exact, abs=0.05)
+        exact, soft = _exact_and_surrogate(*_pairs(rng))
+        assert soft == pytest.approx(exact, abs=1e-3)
+
+
+def test_surrogate_matches_one_query_to_one_instance():
+    """One predicted mask over three overlapping instances is matched to one of them, as in the
+    exact score: quality 2 * IoU / (1 + 3). A max over queries per instance would credit it with
+    all three (2 * 3 * IoU / 4, above 1)."""
+    wide = box(16, 16, 0, 8, 0, 10)
+    instances = np.stack([box(16, 16, 0, 8, 0, 9), box(16, 16, 0, 8, 1, 10), box(16, 16, 0, 8, 0, 10)])
+    scores = np.array([[0.99, 0.01]], np.float32)
+    logits = logits_of(wide, box(16, 16, 8, 16, 0, 16))[None]
+    exact, soft = _exact_and_surrogate(scores, logits, instances[None], np.ones((1, 3), bool))
+    assert exact == pytest.approx(2 * 1.0 / 4)
+    assert soft == pytest.approx(exact, abs=1e-3)
+
+
+def test_greedy_matching_is_the_exact_scores():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        values = np.where(rng.random((2, 7, 4)) < 0.2, 0.0, rng.random((2, 7, 4))).astype(np.float32)
+        matched = np.array(greedy_matching(mx.array(values)))
+        for b in range(2):
+            expected = np.zeros((7, 4))
+            for p, t in _greedy_match(values[b]):
+                expected[p, t] = 1
+            np.testing.assert_array_equal(matched[b], expected)
 
 
 def test_surrogate_gradient_points_uphill():

@@ -17,9 +17,13 @@ prediction and 0 with any. A split's score is
 
 where the false-positive rate is the fraction of negative images with any prediction (so a
 prompt that segments "everything salient" loses what it gains). The surrogate replaces the
-threshold with a steep sigmoid, masks with probabilities, IoU with soft IoU, the matching
-with a max over queries and, on a negative image, "any prediction" with the soft threshold of its
-highest score, so that its gradient points where the exact score improves.
+threshold with a steep sigmoid, masks with probabilities, IoU with soft IoU and, on a negative
+image, "any prediction" with the soft threshold of its highest score, so that its gradient points
+where the exact score improves. It keeps the exact score's greedy one-to-one matching, made on the
+soft credits (soft "is predicted" times soft IoU) and held fixed under the gradient, as DETR holds
+its matching: a max over queries per instance instead lets one query take the credit of every
+instance it overlaps, and on the planted tiny worlds, whose instances overlap, soft ascents then
+climbed to aliases with twice the hidden prompt's surrogate and half its exact score.
 
 The surrogate's two temperatures, unless given, are scaled to the model's own outputs on the
 task (``calibrate``): a random tiny model's mask logits lie within about 0.2 of 0 and its scores
@@ -169,6 +173,23 @@ def aggregate(results: list[ImageResult], config: ObjectiveConfig) -> SplitScore
     )
 
 
+def greedy_matching(credit: mx.array) -> mx.array:
+    """[B, Q, N] pair values -> [B, Q, N] 0/1: the exact score's greedy one-to-one matching
+    (``_greedy_match``) of queries to instances, by descending value, positive values only.
+    N rounds of whole-array operations, no data-dependent branch, so that it compiles."""
+    batch, queries, instances = credit.shape
+    free = credit.reshape(batch, -1)
+    matched = mx.zeros_like(free)
+    query_of, instance_of = mx.arange(queries * instances) // instances, mx.arange(queries * instances) % instances
+    for _ in range(instances):
+        pick = mx.argmax(free, axis=-1, keepdims=True)  # [B, 1]
+        worth = mx.take_along_axis(free, pick, axis=-1) > 0
+        taken = (query_of[None] == pick // instances) | (instance_of[None] == pick % instances)  # its row and column
+        matched = mx.where((mx.arange(free.shape[1])[None] == pick) & worth, 1.0, matched)
+        free = mx.where(taken, -1.0, free)
+    return matched.reshape(credit.shape).astype(credit.dtype)
+
+
 def surrogate(scores: mx.array, mask_logits: mx.array, targets: mx.array, instance_valid: mx.array,
               keep: mx.array, config: ObjectiveConfig) -> mx.array:
     """Differentiable stand-in for the split score over B (prompt, image) pairs, to maximise.
@@ -186,7 +207,8 @@ def surrogate(scores: mx.array, mask_logits: mx.array, targets: mx.array, instan
     union = probs.sum(-1)[..., None] + truth.sum(-1)[:, None] - inter
     soft_iou = inter / mx.maximum(union, 1e-6)
     valid = instance_valid.astype(scores.dtype)
-    found = (weight[..., None] * soft_iou).max(axis=1) * valid  # best query per instance
+    credit = weight[..., None] * soft_iou * valid[:, None]  # [B, Q, N]
+    found = (credit * greedy_matching(mx.stop_gradient(credit))).sum(1)  # per instance, its query's
     count = valid.sum(-1)
     quality = 2 * found.sum(-1) / (weight.sum(-1) + count)
     # a negative image has a prediction exactly when its highest score passes the threshold
