@@ -11,9 +11,12 @@ training split:
   partial credit?) and its embedding neighbours (one position replaced by one of the token's
   nearest allowed tokens in the embedding table: do nearby tokens act alike?);
 - surrogate fidelity: the rank correlation of the surrogate with the exact score over those
-  aliases, at several surrogate temperatures (score, mask: a random tiny model's mask logits
-  sit within about 0.2 of 0, where sigmoid(logit) is a grey 0.5 that hides the mask), the
-  first scaled to the model's outputs as the search scales them;
+  aliases and the projections met by ``--ascents`` soft ascents from random starts (40 steps,
+  calibrated temperatures, each projection scored every 5 steps), at several surrogate
+  temperatures (score, mask: a random tiny model's mask logits sit within about 0.2 of 0, where
+  sigmoid(logit) is a grey 0.5 that hides the mask), the first scaled to the model's outputs
+  as the search scales them; and how many of them mislead, with a surrogate above the planted
+  prompt's and an exact score below 0.85 of its (where an ascent goes wrong);
 - gradient signal: for aliases with all positions but one taken from the planted prompt, the
   rank of the planted token at the free position under the surrogate's one-hot gradient
   (what GCG's top-k draws from); chance is half the allowed vocabulary.
@@ -39,20 +42,33 @@ from mlx_alias.search.discrete import token_gradients
 from mlx_alias.search.driver import CALIBRATION_PROMPTS
 from mlx_alias.search.objective import ObjectiveConfig
 from mlx_alias.search.phase import SearchContext, ids_of
+from mlx_alias.search.soft import SoftConfig, SoftPromptPhase
 from mlx_alias.search.task import category_task
 from mlx_alias.search.vocab import allowed_tokens
 from mlx_alias.tokenizer import load_tokenizer
 
 # (score, mask); None: scaled to the model's outputs on the random aliases (``Scorer.calibrated``)
 TEMPERATURES = ((None, None), (0.05, 1.0), (0.01, 1.0), (0.01, 0.03))
+ASCENT = SoftConfig(init="random", steps=40, patience=40, evaluate_every=5)
+MISLEADING = 0.85  # an alias above the planted prompt's surrogate must reach this of its exact score
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(values, kind="stable"), kind="stable")
 
 
+def ascended(ctx: SearchContext, starts: int, calibration: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """The projections that ``starts`` soft ascents from random tokens meet and score in full,
+    under the surrogate scaled as the search scales it."""
+    ctx.objective = ctx.scorer.calibrated(ids_of(ctx.tokenizer, calibration))
+    phase = SoftPromptPhase(ctx, dataclasses.replace(ASCENT, starts=starts))
+    while not phase.done:
+        phase.step()
+    return list(ctx.seen)
+
+
 def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, fillers: int,
-            plain_vocabulary: bool = False) -> dict:
+            plain_vocabulary: bool = False, ascents: int = 8) -> dict:
     tokenizer = load_tokenizer()
     allowed = allowed_tokens(tokenizer)
     pool = np.flatnonzero(allowed)
@@ -81,7 +97,11 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
                 alias = list(planted)
                 alias[position] = int(other)
                 similar.append(tuple(alias))
-        aliases = [planted, *random_aliases, *near]
+        climbed = []
+        if ascents:  # a context of its own: the other probes draw from ``rng`` as before
+            climbed = ascended(SearchContext(model, task.train, tokenizer, allowed, len(planted),
+                                             np.random.default_rng([seed, 1])), ascents, random_aliases[:CALIBRATION_PROMPTS])
+        aliases = [planted, *random_aliases, *near, *climbed]
         exact = np.array([r.score for r in task.train.exact(ids_of(tokenizer, aliases))])
         similar_exact = np.array([r.score for r in task.train.exact(ids_of(tokenizer, similar))])
 
@@ -96,6 +116,7 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
             fidelity[label] = {
                 "rank_correlation": float(np.corrcoef(ranks(exact), ranks(surrogate))[0, 1]),
                 "planted": float(surrogate[0]), "best_other": float(surrogate[1:].max()),
+                "misleading": int(((surrogate > surrogate[0]) & (exact < MISLEADING * exact[0])).sum()),
             }
             found = []
             for position in range(len(planted)):
@@ -113,7 +134,7 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
         "neighbour_max": float(exact[1 + randoms:].max()), "neighbour_median": float(np.median(exact[1 + randoms:])),
         "embedding_neighbour_max": float(similar_exact.max()),
         "embedding_neighbour_median": float(np.median(similar_exact)),
-        "fidelity": fidelity, "gradient_ranks": gradient_ranks,
+        "ascended": len(climbed), "fidelity": fidelity, "gradient_ranks": gradient_ranks,
     }
 
 
@@ -122,13 +143,15 @@ def show(row: dict) -> str:
              f"{row['random_median']:.3f}, max {row['random_max']:.3f}; one-token neighbours median "
              f"{row['neighbour_median']:.3f}, max {row['neighbour_max']:.3f}; embedding neighbours median "
              f"{row['embedding_neighbour_median']:.3f}, max {row['embedding_neighbour_max']:.3f}",
+             f"surrogate fidelity over these and {row['ascended']} projections met by soft ascents:",
              "| temperatures (score, mask) | surrogate rank corr. with exact | surrogate: planted / best other | "
+             f"misleading (surrogate above planted, exact below {MISLEADING}) | "
              f"planted token's gradient rank (of {row['allowed']}), median [all] |",
-             "|---|---|---|---|"]
+             "|---|---|---|---|---|"]
     for t, f in row["fidelity"].items():
         r = row["gradient_ranks"][t]
         lines.append(f"| {t} | {f['rank_correlation']:.3f} | {f['planted']:.3f} / {f['best_other']:.3f} | "
-                     f"{np.median(r):.0f} {r} |")
+                     f"{f['misleading']} | {np.median(r):.0f} {r} |")
     return "\n".join(lines)
 
 
@@ -140,12 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--randoms", type=int, default=30, help="random aliases scored")
     parser.add_argument("--neighbours", type=int, default=5, help="one-token and embedding neighbours per position")
     parser.add_argument("--fillers", type=int, default=3, help="gradient probes per position and temperature")
+    parser.add_argument("--ascents", type=int, default=8,
+                        help="soft ascents whose projections join the fidelity aliases (0: none)")
     parser.add_argument("--plain-vocabulary", action="store_true",
                         help="init's unstructured token table instead of the tiny preset's low-rank one")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    rows = [measure(s, args.prompt, args.images, args.randoms, args.neighbours, args.fillers, args.plain_vocabulary)
-            for s in args.seeds]
+    rows = [measure(s, args.prompt, args.images, args.randoms, args.neighbours, args.fillers, args.plain_vocabulary,
+                    args.ascents) for s in args.seeds]
     print(json.dumps({"rows": rows}) if args.json else "\n\n".join(map(show, rows)))
     return 0
 
