@@ -159,6 +159,21 @@ def process_peak_rss_gb() -> float:
 TIMED = ObjectiveConfig(temperature=0.05, mask_temperature=1.0)
 
 
+def torch_greedy_matching(credit: torch.Tensor) -> torch.Tensor:
+    """``mlx_alias.search.objective.greedy_matching`` in torch."""
+    batch, queries, instances = credit.shape
+    free = credit.reshape(batch, -1).clone()
+    matched = torch.zeros_like(free)
+    flat = torch.arange(queries * instances, device=credit.device)
+    for _ in range(instances):
+        pick = free.argmax(-1, keepdim=True)
+        worth = free.gather(-1, pick) > 0
+        taken = (flat // instances == pick // instances) | (flat % instances == pick % instances)
+        matched = torch.where((flat == pick) & worth, 1.0, matched)
+        free = torch.where(taken, -1.0, free)
+    return matched.reshape(credit.shape).to(credit.dtype)
+
+
 def torch_surrogate(scores: torch.Tensor, mask_logits: torch.Tensor, targets: torch.Tensor,
                     instance_valid: torch.Tensor, keep: torch.Tensor, config: ObjectiveConfig) -> torch.Tensor:
     """``mlx_alias.search.objective.surrogate``, line for line in torch (the search has no torch
@@ -170,7 +185,8 @@ def torch_surrogate(scores: torch.Tensor, mask_logits: torch.Tensor, targets: to
     union = probs.sum(-1)[..., None] + truth.sum(-1)[:, None] - inter
     soft_iou = inter / union.clamp_min(1e-6)
     valid = instance_valid.to(scores.dtype)
-    found = (weight[..., None] * soft_iou).amax(dim=1) * valid
+    credit = weight[..., None] * soft_iou * valid[:, None]
+    found = (credit * torch_greedy_matching(credit.detach())).sum(1)
     count = valid.sum(-1)
     quality = 2 * found.sum(-1) / (weight.sum(-1) + count)
     any_prediction = torch.sigmoid((scores.amax(-1) - config.threshold) / config.temperature)
