@@ -130,7 +130,8 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
             reached = first_reaching(timeline, 0.9 * planted_train)
             holdout = task.holdout.exact(ids_of(tokenizer, [outcome.best.tokens]))[0].score
             rows.append({
-                "seed": seed, "prompt": prompt, "method": method, "search_seed": seed + offset, "alias": tokenizer.decode(outcome.best.tokens),
+                "seed": seed, "prompt": prompt, "method": method, "search_seed": seed + offset,
+                "alias": tokenizer.decode(outcome.best.tokens), "tokens": [int(t) for t in outcome.best.tokens],
                 "planted_train": planted_train, "planted_holdout": planted_holdout,
                 "train": outcome.best.score, "holdout": holdout,
                 "relative_holdout": holdout / planted_holdout if planted_holdout > 0 else None,
