@@ -180,12 +180,12 @@ def greedy_matching(credit: mx.array) -> mx.array:
     batch, queries, instances = credit.shape
     free = credit.reshape(batch, -1)
     matched = mx.zeros_like(free)
-    query_of, instance_of = mx.arange(queries * instances) // instances, mx.arange(queries * instances) % instances
+    pair = mx.arange(queries * instances)[None]  # flat index of each (query, instance)
     for _ in range(instances):
         pick = mx.argmax(free, axis=-1, keepdims=True)  # [B, 1]
         worth = mx.take_along_axis(free, pick, axis=-1) > 0
-        taken = (query_of[None] == pick // instances) | (instance_of[None] == pick % instances)  # its row and column
-        matched = mx.where((mx.arange(free.shape[1])[None] == pick) & worth, 1.0, matched)
+        taken = (pair // instances == pick // instances) | (pair % instances == pick % instances)  # its row and column
+        matched = mx.where((pair == pick) & worth, 1.0, matched)
         free = mx.where(taken, -1.0, free)
     return matched.reshape(credit.shape).astype(credit.dtype)
 
