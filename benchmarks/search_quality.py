@@ -110,7 +110,8 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
         scorer_for(model, empty, dataset, 1, train_ids, objective, SearchConfig().pairs_per_batch)
         encoding = time.perf_counter() - start
         planted_train = task.train.exact(hidden.ids)[0].score
-        planted_holdout = task.holdout.exact(hidden.ids)[0].score
+        planted = task.holdout.exact(hidden.ids)[0]
+        planted_holdout = planted.score
         for method, offset in ((m, o) for m in methods for o in search_seeds):
             changes = METHODS[method]
             cfg = dataclasses.replace(SearchConfig(lengths=(len(hidden.content),), budget=budget, holdout_fraction=0.34,
@@ -128,13 +129,18 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
                                       report=lambda p: timeline.append((time.perf_counter() - start, p.best)))
             seconds = time.perf_counter() - start
             reached = first_reaching(timeline, 0.9 * planted_train)
-            holdout = task.holdout.exact(ids_of(tokenizer, [outcome.best.tokens]))[0].score
+            found = task.holdout.exact(ids_of(tokenizer, [outcome.best.tokens]))[0]
+            holdout = found.score
             rows.append({
                 "seed": seed, "prompt": prompt, "method": method, "search_seed": seed + offset,
                 "alias": tokenizer.decode(outcome.best.tokens), "tokens": [int(t) for t in outcome.best.tokens],
                 "planted_train": planted_train, "planted_holdout": planted_holdout,
                 "train": outcome.best.score, "holdout": holdout,
                 "relative_holdout": holdout / planted_holdout if planted_holdout > 0 else None,
+                # where a holdout shortfall comes from: mask quality on the positives, or false positives
+                "holdout_quality": found.quality, "planted_holdout_quality": planted.quality,
+                "holdout_false_positive_rate": found.false_positive_rate,
+                "planted_holdout_false_positive_rate": planted.false_positive_rate,
                 "evaluations": outcome.evaluations,
                 "evaluations_to_0.9": first_reaching(outcome.curve, 0.9 * planted_train),
                 "seconds": setup + seconds,

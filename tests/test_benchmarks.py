@@ -26,6 +26,7 @@ def test_every_method_searches_a_planted_world():
         # a phase step may finish past the budget by less than one candidate's images
         assert 0 < row["evaluations"] <= budget + 12, row
         assert row["planted_holdout"] > 0 and row["relative_holdout"] is not None, row
+        assert 0 <= row["holdout_false_positive_rate"] <= 1 and 0 <= row["holdout_quality"] <= 1, row
 
 
 def test_the_landscape_probes_a_planted_world(monkeypatch):
