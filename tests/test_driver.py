@@ -136,3 +136,18 @@ def test_phases_are_checked():
     for bad in [("soft", "sfot"), (), ("gcg", "gcg")]:
         with pytest.raises(ValueError, match="phases must be distinct names"):
             SearchConfig().with_phases(bad)
+
+
+def test_search_command_defaults_are_the_configs():
+    """`mlx-alias search` imports the driver (and MLX) only when it runs, so its option defaults
+    restate ``SearchConfig``'s: they must not drift apart."""
+    import inspect
+
+    from mlx_alias.cli_search import search
+
+    option = {name: p.default.default for name, p in inspect.signature(search).parameters.items()}
+    cfg = SearchConfig()
+    assert (option["budget"], option["holdout"], option["seed"], option["batch"]) == \
+        (cfg.budget, cfg.holdout_fraction, cfg.seed, cfg.pairs_per_batch)
+    assert (tuple(option["lengths"]), option["phases"], option["soft_starts"], option["threshold"]) == \
+        (cfg.lengths, ",".join(cfg.phases), cfg.soft.starts, cfg.objective.threshold)
