@@ -66,7 +66,7 @@ def search(
     categories: str = typer.Option(None, "--categories", help="Comma-separated category ids (default: all)."),
     lengths: list[int] = typer.Option([4], "--length", min=1, max=30,
                                       help="Alias length in tokens; repeat to search several (the best is kept)."),
-    budget: int = typer.Option(3000, "--budget", min=1,
+    budget: int = typer.Option(6000, "--budget", min=1,
                                help="Exact evaluations (candidate x training image) per category and length."),
     holdout: float = typer.Option(0.25, "--holdout", min=0.0, max=0.95, help="Fraction of images held out per category."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and of the search."),
