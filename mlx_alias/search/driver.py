@@ -54,7 +54,7 @@ class SearchConfig:
     lengths: tuple[int, ...] = (4,)  # alias lengths in tokens, each searched; the best is kept
     # Exact evaluations per category and length. On the planted tiny benchmark 6000 gave a
     # median holdout of 0.972 of the hidden prompt's over 24 searches (0.944 over 40) against
-    # 0.931 (0.907) with 3000: searches still climbing on training; twice the seconds (README).
+    # 0.931 (0.907) with 3000: searches still climbing on training; twice the seconds (benchmarks/README.md).
     budget: int = 6000
     holdout_fraction: float = 0.25
     seed: int = 0
@@ -77,7 +77,7 @@ class SearchConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     # 8 soft prompts side by side, where one soft phase alone climbs one (``SoftConfig``): over
     # the 24 planted tiny searches, median holdout 0.965 of the hidden prompt's against 0.908
-    # with one, for about 3.4x the seconds (README, benchmark).
+    # with one, for about 3.4x the seconds (benchmarks/README.md).
     soft: SoftConfig = field(default_factory=lambda: SoftConfig(starts=8))
     gcg: GcgConfig = field(default_factory=GcgConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
