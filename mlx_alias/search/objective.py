@@ -53,7 +53,8 @@ class ObjectiveConfig:
 # the score temperature is an eighth of the scores' standard deviation. On the planted tiny
 # worlds these give 0.011-0.015 and 0.031-0.045, near the 0.01 and 0.03 at which the
 # surrogate ranked aliases as the exact score does (rank correlation 0.72-0.94, against
-# -0.38-0.85 at 0.05 and 1; benchmarks/README.md) and at which soft ascents from random starts climbed highest.
+# -0.38-0.85 at 0.05 and 1; benchmarks/README.md) and at which soft ascents from random
+# starts climbed highest.
 MASK_LOGITS_PER_TEMPERATURE = 5.0
 SCORE_SPREADS_PER_TEMPERATURE = 8.0
 
