@@ -4,6 +4,8 @@ the GPU's recommended working set, elsewhere a share of RAM or device memory).""
 
 from __future__ import annotations
 
+import gc
+
 import mlx.core as mx
 
 from mlx_alias.data.coco import Dataset
@@ -27,6 +29,7 @@ def pairs_that_fit(model: Sam3, image: ImageFeatures, share: float = MEMORY_SHAR
     """The most pairs whose grounding, masks of every pair included, fits in ``share`` of the
     memory MLX may still allocate; from the peaks of two and of four pairs on ``image``'s first
     image (grounding's memory grows linearly with the pairs). At least 1, at most ``most``."""
+    gc.collect()  # arrays that only a reference cycle holds count as in use until the collector runs
     first = first_image(model, image)
     _grounding_peak(model, first, 1)  # the first call also allocates what later calls reuse
     two, four = (_grounding_peak(model, first, pairs) for pairs in (2, 4))
