@@ -55,12 +55,14 @@ def gap_threshold(scores: list[np.ndarray], fraction: float, max_instances: int)
     return float(cuts[int(np.argmax(gaps))])
 
 
-def synthetic_images(folder: Path, count: int = IMAGES, seed: int = 0) -> list[Path]:
-    """Textured backgrounds with a few filled shapes, of assorted sizes, as PNG files."""
+def synthetic_images(folder: Path, count: int = IMAGES, seed: int = 0, first: int = 0) -> list[Path]:
+    """Textured backgrounds with a few filled shapes, of assorted sizes, as PNG files: images
+    ``first`` to ``first + count - 1`` of the seed's stream, so that later images of a stream
+    can be drawn apart from its first ones (a benchmark's unseen test images)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i in range(count):
+    for i in range(first + count):
         height, width = int(rng.integers(96, 200)), int(rng.integers(96, 200))
         y, x = np.mgrid[0:height, 0:width]
         phase = rng.uniform(0, 6.28, 3)
@@ -73,6 +75,8 @@ def synthetic_images(folder: Path, count: int = IMAGES, seed: int = 0) -> list[P
             x1, y1 = x0 + int(rng.integers(15, width // 2 + 16)), y0 + int(rng.integers(15, height // 2 + 16))
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+        if i < first:
+            continue
         paths.append(folder / f"synthetic-{i:02d}.png")
         picture.save(paths[-1])
     return paths

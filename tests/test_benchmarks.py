@@ -20,13 +20,17 @@ def _benchmark(name: str):
 def test_every_method_searches_a_planted_world():
     search_quality = _benchmark("search_quality")
     budget = 40
-    rows = search_quality.run(0, "red kite", budget, 12, list(search_quality.METHODS))
+    rows = search_quality.run(0, "red kite", budget, 12, list(search_quality.METHODS), test_images=6)
     assert [r["method"] for r in rows] == list(search_quality.METHODS)
     for row in rows:
         # a phase step may finish past the budget by less than one candidate's images
         assert 0 < row["evaluations"] <= budget + 12, row
         assert row["planted_holdout"] > 0 and row["relative_holdout"] is not None, row
         assert 0 <= row["holdout_false_positive_rate"] <= 1 and 0 <= row["holdout_quality"] <= 1, row
+        assert row["test_images"] == 6 and row["planted_test"] > 0, row
+        assert row["relative_test"] == row["test"] / row["planted_test"], row
+        assert 0 <= row["test_false_positive_rate"] <= 1 and 0 <= row["test_quality"] <= 1, row
+    assert "median test / planted" in search_quality.table(rows, list(search_quality.METHODS))
 
 
 def test_the_landscape_probes_a_planted_world(monkeypatch):

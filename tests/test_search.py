@@ -55,6 +55,15 @@ def test_plant_writes_a_loadable_dataset(planted):
     assert hidden["prompt"] == HIDDEN and hidden["threshold"] == threshold
 
 
+def test_synthetic_images_continue_their_stream(tmp_path):
+    """A benchmark's unseen test images are the stream's later images: the same pictures, and
+    names that do not clash with the first ones'."""
+    whole = synthetic_images(tmp_path / "whole", 5, seed=3)
+    later = synthetic_images(tmp_path / "later", 2, seed=3, first=3)
+    assert [p.name for p in later] == [p.name for p in whole[3:]]
+    assert [p.read_bytes() for p in later] == [p.read_bytes() for p in whole[3:]]
+
+
 def test_gap_threshold_cuts_at_the_widest_gap_near_the_fraction():
     rng = np.random.default_rng(0)
     dense = rng.uniform(0.30, 0.31, (11, 18))  # a near-continuous run, like a random model's scores
