@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from mlx_alias.data.coco import DatasetError, _rle_counts, load_dataset, resolve
-from mlx_alias.data.split import Split, describe, split_category
+from mlx_alias.data.split import Split, caution, describe, split_category
 
 H, W = 48, 64
 
@@ -398,6 +398,8 @@ def test_split(tmp_path):
     ]:
         assert train == sorted(train) and holdout == sorted(holdout) and sorted(train + holdout) == ids
     assert describe(s) == "train 9 positive / 6 negative images, holdout 3 / 2"
+    assert caution(s) is None
+    assert "cannot see false positives" in caution(Split(s.train_positives, [], s.holdout_positives, s.holdout_negatives))
     assert split_category(ds, 1, 0.25, seed=0) == s
     assert any(split_category(ds, 1, 0.25, seed=k) != s for k in range(1, 4))
     assert split_category(load_dataset(_many(tmp_path, 12, 8, reverse=True)), 1, 0.25, seed=0) == s

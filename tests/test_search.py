@@ -139,6 +139,9 @@ def test_search_then_evaluate(search_weights, planted, tmp_path):
     entry = entries[0]
     for key in ("category_id", "name", "tokens", "text", "roundtrip", "train_score", "holdout_score", "evaluations"):
         assert key in entry
+    blind = not entry["split"]["train_negatives"]  # then the run and its report say so
+    assert ("cannot see false positives" in result.output) == blind
+    assert ("Caution: no training image is without the concept" in (out / "report.md").read_text()) == blind
     assert len(entry["tokens"]) == 2 and 0 not in entry["tokens"]
     used = entry["lengths"][0]["surrogate_temperatures"]
     assert used["mask"] == 0.5 and 0 < used["score"] < 1  # given, and scaled to the model

@@ -51,3 +51,13 @@ def describe(split: Split) -> str:
         f"train {len(split.train_positives)} positive / {len(split.train_negatives)} negative images, "
         f"holdout {len(split.holdout_positives)} / {len(split.holdout_negatives)}"
     )
+
+
+def caution(split: Split) -> str | None:
+    """A warning when no training image is a negative: the search then never sees a false
+    positive, and on planted benchmarks such searches were the ones whose aliases most often
+    predicted on unseen negatives (benchmarks/README.md, "Scoring on 48 unseen images")."""
+    if split.train_negatives:
+        return None
+    return ("no training image is without the concept, so the search cannot see false positives and the "
+            "alias may predict it on images that lack it; add such images to the dataset")

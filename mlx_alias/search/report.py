@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mlx_alias.data.coco import Dataset
+from mlx_alias.data.split import Split, caution
 from mlx_alias.files import atomic_write, atomic_write_bytes
 from mlx_alias.image import preprocess
 from mlx_alias.model.sam3 import Sam3
@@ -111,6 +112,8 @@ def write_report(model: Sam3, dataset: Dataset, entries: list[dict], threshold: 
         if entry.get("baseline"):
             base = entry["baseline"]
             lines.append(f"| natural label `{base['text']}` | | | {_score(base['train_score'])} | {_score(base['holdout_score'])} |")
+        if warning := caution(Split(**entry["split"])):
+            lines += ["", f"Caution: {warning}."]
         lines += ["", f"{entry['evaluations']} evaluations. Best training score over the search:", "",
                   f"![curve]({curve.relative_to(run_dir)})", ""]
         panels = "ground truth | natural label | alias" if entry.get("name") else "ground truth | alias"

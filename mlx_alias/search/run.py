@@ -16,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlx_alias.data.coco import Dataset
-from mlx_alias.data.split import describe
+from mlx_alias.data.split import caution, describe
 from mlx_alias.files import atomic_write_bytes
 from mlx_alias.model.sam3 import Sam3
 from mlx_alias.tokenizer import load_tokenizer
@@ -106,6 +106,8 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
         task = category_task(model, cache, dataset, category_id, holdout_fraction=cfg.holdout_fraction,
                              seed=cfg.seed, config=cfg.objective, pairs_per_batch=cfg.pairs_per_batch)
         echo(f"{task.category.label}: {describe(task.split)}")
+        if warning := caution(task.split):
+            echo(f"{task.category.label}: {warning}")
         states = [run_dir / "state" / f"{category_id}-{length}.pkl" for length in cfg.lengths]
         outcomes = [search_category(task, model, tokenizer, cfg, length, state, report)
                     for length, state in zip(cfg.lengths, states)]
