@@ -127,7 +127,7 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
         planted_train = task.train.exact(hidden.ids)[0].score
         planted = task.holdout.exact(hidden.ids)[0]
         planted_holdout = planted.score
-        test = None
+        test = planted_test = None
         if test_images:
             tests = planted_test_set(model, hidden, threshold, Path(tmp), seed, images, test_images)
             test = scorer_for(model, cache, tests, 1, sorted(tests.images), objective, SearchConfig().pairs_per_batch)
