@@ -64,7 +64,7 @@ from mlx_alias.reference.build import build_model, shape_tiny
 from mlx_alias.reference.checkpoint import save_checkpoint
 from mlx_alias.reference.parity import nchw
 from mlx_alias.reference.scoring import TorchScorer
-from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, prepare_target
+from mlx_alias.search.objective import CROWD_SHARE, MaskTarget, ObjectiveConfig, prepare_target
 from mlx_alias.search.phase import ids_of
 from mlx_alias.search.scorer import DenseTargets, ExactScorer, ReencodingScorer, Scorer
 from mlx_alias.search.soft import CompiledGradient, surrogate_state
@@ -175,20 +175,25 @@ def torch_greedy_matching(credit: torch.Tensor) -> torch.Tensor:
 
 
 def torch_surrogate(scores: torch.Tensor, mask_logits: torch.Tensor, targets: torch.Tensor,
-                    instance_valid: torch.Tensor, keep: torch.Tensor, config: ObjectiveConfig) -> torch.Tensor:
+                    instance_valid: torch.Tensor, keep: torch.Tensor, crowd: torch.Tensor,
+                    config: ObjectiveConfig) -> torch.Tensor:
     """``mlx_alias.search.objective.surrogate``, line for line in torch (the search has no torch
     soft phase; this gives the reference the same work to differentiate)."""
     weight = torch.sigmoid((scores - config.threshold) / config.temperature)
-    probs = (torch.sigmoid(mask_logits / config.mask_temperature) * keep[:, None]).flatten(2)
-    truth = (targets * keep[:, None]).flatten(2)
+    masks = torch.sigmoid(mask_logits / config.mask_temperature).flatten(2)
+    probs = masks * keep.flatten(1)[:, None]
+    truth = targets.flatten(2)
     inter = probs @ truth.transpose(1, 2)
     union = probs.sum(-1)[..., None] + truth.sum(-1)[:, None] - inter
     soft_iou = inter / union.clamp_min(1e-6)
     valid = instance_valid.to(scores.dtype)
     credit = weight[..., None] * soft_iou * valid[:, None]
-    found = (credit * torch_greedy_matching(credit.detach())).sum(1)
+    matching = torch_greedy_matching(credit.detach())
+    found = (credit * matching).sum(1)
     count = valid.sum(-1)
-    quality = 2 * found.sum(-1) / (weight.sum(-1) + count)
+    in_crowd = (masks @ crowd.flatten(1)[..., None])[..., 0] >= CROWD_SHARE * masks.sum(-1)
+    dropped = (in_crowd & (matching.sum(-1) == 0)).detach()
+    quality = 2 * found.sum(-1) / (torch.where(dropped, 0.0, weight).sum(-1) + count)
     any_prediction = torch.sigmoid((scores.amax(-1) - config.threshold) / config.temperature)
     positive = (count > 0).to(scores.dtype)
     mean_quality = (quality * positive).sum() / positive.sum().clamp_min(1)
@@ -213,8 +218,8 @@ def measure_mlx(model, paths: list[Path], targets: list[MaskTarget], ids: np.nda
     with peaks.mlx_stage("encode"):
         seconds, features = median_seconds(lambda: model.encode_image(pixels), args.repeats)
     out["encode_s_per_image"] = seconds / len(paths)
-    if features.levels[0].shape[1] != targets[0].ignore.shape[0]:
-        raise RuntimeError(f"mask resolution {features.levels[0].shape[1]}, targets {targets[0].ignore.shape}")
+    if features.levels[0].shape[1] != targets[0].crowd.shape[0]:
+        raise RuntimeError(f"mask resolution {features.levels[0].shape[1]}, targets {targets[0].crowd.shape}")
     scorer = Scorer(model, features, targets, config, args.batch)
     with peaks.mlx_stage("exact"):
         out.update(exact_stage(scorer, ids, args.repeats))
@@ -263,7 +268,8 @@ def measure_torch(reference: torch.nn.Module, paths: list[Path], targets: list[M
 
     reference.requires_grad_(False)  # the gradient with respect to the input embeddings only, as MLX takes it
     dense = DenseTargets.of(targets)
-    masks, valid, keep = (torch.from_numpy(np.array(a)).to(device) for a in (dense.masks, dense.valid, dense.keep))
+    masks, valid, keep, crowd = (torch.from_numpy(np.array(a)).to(device)
+                                 for a in (dense.masks, dense.valid, dense.keep, dense.crowd))
     with torch.no_grad():
         embeddings = runners.token_embeddings(reference, torch.from_numpy(ids[:1]))
     padding = torch.from_numpy(ids[:1] == 0)
@@ -276,7 +282,7 @@ def measure_torch(reference: torch.nn.Module, paths: list[Path], targets: list[M
             text = runners.TextFeatures(text.memory.expand(images, -1, -1), text.padding.expand(images, -1))
             grounded = runners.ground(reference, scorer.features, text, torch.arange(images))
             value = torch_surrogate(grounded["scores"].float(), grounded["pred_masks"].float(), masks, valid, keep,
-                                    config)
+                                    crowd, config)
         value.backward()
         return float(value.detach()), e.grad
 

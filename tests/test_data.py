@@ -209,15 +209,15 @@ def test_masks(dataset):
     t = dataset.targets(1, 1)  # polygon
     assert t.masks.dtype == bool and t.masks.shape == (1, H, W)
     np.testing.assert_array_equal(t.masks[0], _box(5, 20, 10, 30))
-    assert not t.ignore.any() and t.ignore.shape == (H, W)
+    assert not t.crowd.any() and t.crowd.shape == (H, W)
     np.testing.assert_array_equal(dataset.targets(1, 2).masks[0], _box(0, 10, 0, 8))  # compressed RLE
     np.testing.assert_array_equal(dataset.targets(1, 3).masks[0], _box(30, 40, 0, 4))  # degenerate part dropped
     t = dataset.targets(2, 1)  # uncompressed RLE, and two crowd regions
     np.testing.assert_array_equal(t.masks, _box(20, 40, 40, 60)[None])
-    np.testing.assert_array_equal(t.ignore, _box(0, 6, 0, 64) | _box(44, 48, 0, 2))
+    np.testing.assert_array_equal(t.crowd, _box(0, 6, 0, 64) | _box(44, 48, 0, 2))
     t = dataset.targets(3, 1)
-    assert t.masks.shape == (0, H, W) and not t.ignore.any()
-    np.testing.assert_array_equal(dataset.targets(2, 4).ignore, _box(0, 10, 0, 10))
+    assert t.masks.shape == (0, H, W) and not t.crowd.any()
+    np.testing.assert_array_equal(dataset.targets(2, 4).crowd, _box(0, 10, 0, 10))
     assert not t.masks.flags.writeable  # shared through the cache
 
 

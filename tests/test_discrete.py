@@ -206,7 +206,7 @@ def test_racing_changes_no_decision(world, make):
     targets = []
     for i in range(images):
         chosen = np.array(planted.scores[i]) > CFG.threshold
-        targets.append(MaskTarget(np.array(planted.masks[i])[chosen] > 0, base.scorer.targets[0].ignore))
+        targets.append(MaskTarget(np.array(planted.masks[i])[chosen] > 0, base.scorer.targets[0].crowd))
     assert any(t.masks.shape[0] for t in targets)
     # one pair per batch, so that racing may stop a candidate after its first image
     scorer = Scorer(base.model, features, targets, CFG, pairs_per_batch=1)

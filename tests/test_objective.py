@@ -33,9 +33,9 @@ def logits_of(*masks: np.ndarray) -> np.ndarray:
     return np.stack([np.where(m, 20.0, -20.0) for m in masks]).astype(np.float32)
 
 
-def target(*masks: np.ndarray, ignore: np.ndarray | None = None, size: int = 16) -> MaskTarget:
+def target(*masks: np.ndarray, crowd: np.ndarray | None = None, size: int = 16) -> MaskTarget:
     stack = np.stack(masks) if masks else np.zeros((0, size, size), bool)
-    return MaskTarget(stack, np.zeros((size, size), bool) if ignore is None else ignore)
+    return MaskTarget(stack, np.zeros((size, size), bool) if crowd is None else crowd)
 
 
 def test_area_resize():
@@ -67,9 +67,28 @@ def test_exact_quality_cases():
 def test_crowd_pixels_are_ignored():
     a = box(16, 16, 0, 8, 0, 8)
     bigger = box(16, 16, 0, 8, 0, 16)
-    ignore = box(16, 16, 0, 8, 8, 16)
-    assert score_image(np.array([0.9]), logits_of(bigger), target(a, ignore=ignore), CFG).quality == pytest.approx(1.0)
+    crowd = box(16, 16, 0, 8, 8, 16)
+    assert score_image(np.array([0.9]), logits_of(bigger), target(a, crowd=crowd), CFG).quality == pytest.approx(1.0)
     assert score_image(np.array([0.9]), logits_of(bigger), target(a), CFG).quality == pytest.approx(0.5)
+    # ...but not where they overlap an instance: a mask that misses half of it still loses half
+    over = box(16, 16, 0, 8, 0, 12)
+    assert score_image(np.array([0.9]), logits_of(box(16, 16, 0, 8, 0, 4)), target(a, crowd=over), CFG).quality == pytest.approx(0.5)
+
+
+def test_unmatched_predictions_inside_crowd_regions_are_dropped():
+    """COCO's rule: a prediction that matches no instance and lies at least half inside crowd
+    regions is neither a hit nor a miss; one less than half inside still costs precision."""
+    a, crowd = box(16, 16, 0, 8, 0, 8), box(16, 16, 8, 16, 0, 16)
+    inside, half, mostly_out = box(16, 16, 8, 12, 0, 8), box(16, 16, 6, 10, 8, 16), box(16, 16, 5, 9, 8, 16)
+    r = score_image(np.array([0.9, 0.9]), logits_of(a, inside), target(a, crowd=crowd), CFG)
+    assert r.quality == pytest.approx(1.0) and r.predicted == 1
+    assert score_image(np.array([0.9, 0.9]), logits_of(a, half), target(a, crowd=crowd), CFG).quality == pytest.approx(1.0)
+    assert score_image(np.array([0.9, 0.9]), logits_of(a, mostly_out), target(a, crowd=crowd), CFG).quality == pytest.approx(2 / 3)
+    # alone on the image, it leaves nothing predicted: the instance is missed
+    assert score_image(np.array([0.1, 0.9]), logits_of(a, inside), target(a, crowd=crowd), CFG).quality == 0.0
+    # a prediction matched to an instance counts wherever it lies
+    r = score_image(np.array([0.9]), logits_of(a), target(a, crowd=a), CFG)
+    assert r.quality == pytest.approx(1.0) and r.predicted == 1
 
 
 def test_aggregate_penalises_false_positives():
@@ -84,7 +103,7 @@ def test_aggregate_penalises_false_positives():
 
 
 def _pairs(rng: np.random.Generator, count: int = 6, queries: int = 5, size: int = 16):
-    """Random (scores, mask logits, targets) with saturated scores and masks."""
+    """Random (scores, mask logits, targets, valid) with saturated scores and masks."""
     scores = np.where(rng.random((count, queries)) < 0.3, 0.99, 0.01).astype(np.float32)
     masks = rng.random((count, queries, size, size)) < 0.3
     targets = np.zeros((count, 2, size, size), bool)
@@ -97,13 +116,14 @@ def _pairs(rng: np.random.Generator, count: int = 6, queries: int = 5, size: int
     return scores, np.where(masks, 30.0, -30.0).astype(np.float32), targets, valid
 
 
-def _exact_and_surrogate(scores: np.ndarray, logits: np.ndarray, targets: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
-    exact = aggregate([
-        score_image(scores[b], logits[b], MaskTarget(targets[b][valid[b]], np.zeros(targets.shape[2:], bool)), CFG)
-        for b in range(len(scores))
-    ], CFG).score
-    keep = mx.ones((len(scores), *targets.shape[2:]))
-    soft = surrogate(mx.array(scores), mx.array(logits), mx.array(targets.astype(np.float32)), mx.array(valid), keep, CFG)
+def _exact_and_surrogate(scores: np.ndarray, logits: np.ndarray, targets: np.ndarray, valid: np.ndarray,
+                         crowd: np.ndarray | None = None) -> tuple[float, float]:
+    crowd = np.zeros((len(scores), *targets.shape[2:]), bool) if crowd is None else crowd
+    mask_targets = [MaskTarget(targets[b][valid[b]], crowd[b]) for b in range(len(scores))]
+    exact = aggregate([score_image(scores[b], logits[b], mask_targets[b], CFG) for b in range(len(scores))], CFG).score
+    keep = mx.array(np.stack([~t.ignored() for t in mask_targets]).astype(np.float32))
+    soft = surrogate(mx.array(scores), mx.array(logits), mx.array(targets.astype(np.float32)), mx.array(valid), keep,
+                     mx.array(crowd.astype(np.float32)), CFG)
     return exact, float(soft)
 
 
@@ -114,6 +134,24 @@ def test_surrogate_agrees_with_the_exact_score_when_saturated():
     for _ in range(5):
         exact, soft = _exact_and_surrogate(*_pairs(rng))
         assert soft == pytest.approx(exact, abs=1e-3)
+
+
+def test_surrogate_drops_predictions_inside_crowd_regions_as_the_exact_score_does():
+    """Saturated, with a crowd region on each positive image that some unmatched predictions
+    lie mostly inside: the exact score drops them, and the surrogate must drop the same ones."""
+    rng = np.random.default_rng(5)
+    dropped_somewhere = False
+    for _ in range(5):
+        scores, logits, targets, valid = _pairs(rng)
+        crowd = np.zeros((len(scores), 16, 16), bool)
+        for b in range(len(scores)):
+            if valid[b].any():  # a negative image has no crowd region
+                crowd[b] = (logits[b, 3] > 0) | (rng.random((16, 16)) < 0.2)
+        exact, soft = _exact_and_surrogate(scores, logits, targets, valid, crowd)
+        assert soft == pytest.approx(exact, abs=1e-3)
+        without = _exact_and_surrogate(scores, logits, targets, valid)[0]
+        dropped_somewhere |= exact != pytest.approx(without)
+    assert dropped_somewhere  # the crowd regions changed some exact score, so the agreement tests the drop
 
 
 def test_surrogate_matches_one_query_to_one_instance():
@@ -146,7 +184,8 @@ def test_surrogate_gradient_points_uphill():
     scores, logits, targets, valid = _pairs(rng)
     scores = np.full_like(scores, 0.45)  # near the threshold, where the gradient lives
     logits = logits / 10
-    args = (mx.array(targets.astype(np.float32)), mx.array(valid), mx.ones((len(scores), 16, 16)), CFG)
+    args = (mx.array(targets.astype(np.float32)), mx.array(valid), mx.ones((len(scores), 16, 16)),
+            mx.zeros((len(scores), 16, 16)), CFG)
 
     def value(s, m):
         return surrogate(s, m, *args)
@@ -164,7 +203,8 @@ def test_surrogate_false_positive_follows_the_highest_score():
     threshold; many queries just below it must not add up to a near-certain prediction (as a
     noisy-OR over queries would: 200 queries at weight 0.12 give 1 - 0.88^200 ~ 1)."""
     below = np.full((1, 200), CFG.threshold - 0.1, np.float32)
-    args = (mx.zeros((1, 200, 4, 4)), mx.zeros((1, 1, 4, 4)), mx.zeros((1, 1), dtype=mx.bool_), mx.ones((1, 4, 4)), CFG)
+    args = (mx.zeros((1, 200, 4, 4)), mx.zeros((1, 1, 4, 4)), mx.zeros((1, 1), dtype=mx.bool_), mx.ones((1, 4, 4)),
+            mx.zeros((1, 4, 4)), CFG)
     clean = float(surrogate(mx.array(below), *args))
     assert clean == pytest.approx(-CFG.negative_penalty / (1 + np.exp(0.1 / CFG.temperature)), rel=1e-4)
     above = below.copy()
@@ -178,7 +218,7 @@ def test_surrogate_mask_temperature_sharpens_weak_masks():
     a = box(16, 16, 0, 8, 0, 8)
     logits = np.where(a, 0.2, -0.2).astype(np.float32)[None, None]
     args = (mx.array(np.array([[0.99]], np.float32)), mx.array(logits), mx.array(a[None, None].astype(np.float32)),
-            mx.array(np.array([[True]])), mx.ones((1, 16, 16)))
+            mx.array(np.array([[True]])), mx.ones((1, 16, 16)), mx.zeros((1, 16, 16)))
     plain = float(surrogate(*args, CFG))
     sharp = float(surrogate(*args, dataclasses.replace(CFG, mask_temperature=0.02)))
     assert plain < 0.6 and sharp == pytest.approx(1.0, abs=0.02)
@@ -199,6 +239,6 @@ def test_calibrate_scales_unset_temperatures_to_the_outputs():
 
 def test_surrogate_refuses_unset_temperatures():
     args = (mx.zeros((1, 2)), mx.zeros((1, 2, 4, 4)), mx.zeros((1, 1, 4, 4)), mx.zeros((1, 1), dtype=mx.bool_),
-            mx.ones((1, 4, 4)))
+            mx.ones((1, 4, 4)), mx.zeros((1, 4, 4)))
     with pytest.raises(ValueError, match="temperatures are not set"):
         surrogate(*args, ObjectiveConfig())

@@ -179,7 +179,7 @@ def test_compiled_gradient_matches_and_reads_current_features(mlx_model, scorer)
     for other_images in (False, True):
         if other_images:  # and the instance 20 rows lower
             pixels = np.random.default_rng(1).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
-            targets = [MaskTarget(np.roll(t.masks, 20, axis=1), t.ignore) for t in scorer.targets]
+            targets = [MaskTarget(np.roll(t.masks, 20, axis=1), t.crowd) for t in scorer.targets]
             ctx.scorer = Scorer(mlx_model, mlx_model.encode_image(mx.array(pixels)), targets, scorer.config)
         value, grad = phase._loss_and_grad(point)
         expected_value, expected_grad = mx.value_and_grad(phase._loss)(point)

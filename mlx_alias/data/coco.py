@@ -16,7 +16,7 @@ Where the files are (``resolve``):
   ``annotations/*.json``; several matches are an error that lists them. The image root is
   then found as for a file.
 
-Crowd regions (``iscrowd=1``) come back as an ``ignore`` mask: they cover many objects without
+Crowd regions (``iscrowd=1``) come back as one ``crowd`` mask: they cover many objects without
 separating them, so a prediction there is neither right nor wrong and the objective neither
 rewards nor penalises it.
 
@@ -73,7 +73,7 @@ class ImageInfo:
 @dataclass(frozen=True)
 class Target:
     masks: np.ndarray  # bool [n, H, W], one per non-crowd instance, by annotation id; read-only
-    ignore: np.ndarray  # bool [H, W], the union of the category's crowd regions; read-only
+    crowd: np.ndarray  # bool [H, W], the union of the category's crowd regions; read-only
 
 
 class Dataset:
@@ -140,17 +140,17 @@ class Dataset:
 
     def _make_targets(self, image_id: int, category_id: int) -> Target:
         info = self.images[image_id]
-        masks, ignore = [], np.zeros((info.height, info.width), dtype=bool)
+        masks, crowd = [], np.zeros((info.height, info.width), dtype=bool)
         for ann in sorted(self._coco.imgToAnns[image_id], key=lambda a: a["id"]):
             if ann["category_id"] == category_id:
                 mask = self._mask(ann)
                 if ann.get("iscrowd"):
-                    ignore |= mask
+                    crowd |= mask
                 else:
                     masks.append(mask)
         stacked = np.stack(masks) if masks else np.zeros((0, info.height, info.width), dtype=bool)
-        stacked.flags.writeable = ignore.flags.writeable = False  # shared through the cache
-        return Target(stacked, ignore)
+        stacked.flags.writeable = crowd.flags.writeable = False  # shared through the cache
+        return Target(stacked, crowd)
 
     def _mask(self, ann: dict) -> np.ndarray:
         if isinstance(ann["segmentation"], list):

@@ -3,9 +3,13 @@
 A prompt's predicted instances on an image are the queries whose official score
 ``sigmoid(logit) * sigmoid(presence)`` exceeds ``threshold`` (0.5, sam3's own), with their
 masks cut at logit 0, all at the model's mask resolution (288x288 at full size; the target
-masks are area-resized to it). Crowd regions are ignored: their pixels count in no mask.
+masks are area-resized to it). Crowd regions are handled as COCO's evaluation handles them:
+their pixels outside every target instance count in no mask, and a prediction that matches no
+instance and lies at least half inside them is dropped, neither a hit nor a miss (without the
+drop, a prompt that rightly finds the objects of a crowd region would lose precision for it).
 
-Per image, with P predictions, n target instances and greedy one-to-one matching by IoU:
+Per image, with P predictions (less those dropped), n target instances and greedy one-to-one
+matching by IoU:
 
     quality = 2 * (sum of matched IoUs) / (P + n)        (1 when P = n = 0)
 
@@ -21,7 +25,8 @@ threshold with a steep sigmoid, masks with probabilities, IoU with soft IoU and,
 image, "any prediction" with the soft threshold of its highest score, so that its gradient points
 where the exact score improves. It keeps the exact score's greedy one-to-one matching, made on the
 soft credits (soft "is predicted" times soft IoU) and held fixed under the gradient, as DETR holds
-its matching: a max over queries per instance instead lets one query take the credit of every
+its matching, and drops the unmatched queries whose soft masks lie at least half inside crowd regions,
+a choice also held fixed: a max over queries per instance instead lets one query take the credit of every
 instance it overlaps, and on the planted tiny worlds, whose instances overlap, soft ascents then
 climbed to aliases with twice the hidden prompt's surrogate and half its exact score.
 
@@ -75,12 +80,21 @@ def calibrate(config: ObjectiveConfig, scores: np.ndarray, mask_logits_median: f
     return replace(config, temperature=temperature, mask_temperature=mask_temperature)
 
 
+# COCO's: a prediction at least this much inside crowd regions (intersection over its own area)
+# matches them, when it matches no instance.
+CROWD_SHARE = 0.5
+
+
 @dataclass
 class MaskTarget:
     """One image's targets at the model's mask resolution."""
 
     masks: np.ndarray  # bool [n, h, w]; n = 0 on a negative image
-    ignore: np.ndarray  # bool [h, w]: crowd regions
+    crowd: np.ndarray  # bool [h, w]: the union of the crowd regions; none on a negative image
+
+    def ignored(self) -> np.ndarray:
+        """bool [h, w]: the pixels that count in no mask, those of crowd regions outside every instance."""
+        return self.crowd & ~self.masks.any(0)
 
 
 def area_resize(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -99,10 +113,10 @@ def _coverage(size_in: int, size_out: int) -> np.ndarray:
     return (overlap / (hi - lo)).astype(np.float32)
 
 
-def prepare_target(masks: np.ndarray, ignore: np.ndarray, size: int) -> MaskTarget:
+def prepare_target(masks: np.ndarray, crowd: np.ndarray, size: int) -> MaskTarget:
     """Targets at the original image size -> at the model's square mask resolution (the model
     sees the image stretched to a square, so its masks cover the whole image)."""
-    return MaskTarget(area_resize(masks, size, size), area_resize(ignore, size, size))
+    return MaskTarget(area_resize(masks, size, size), area_resize(crowd, size, size))
 
 
 @dataclass
@@ -137,15 +151,19 @@ def score_image(scores: np.ndarray, mask_logits: np.ndarray | None, target: Mask
     if chosen.size == 0 or n == 0:
         quality = 1.0 if chosen.size == n else 0.0
         return ImageResult(quality, int(chosen.size), n, 0, 0.0)
-    keep = ~target.ignore.ravel()
-    predicted = (mask_logits[chosen].reshape(chosen.size, -1) > 0) & keep
-    truth = target.masks.reshape(n, -1) & keep
+    masks = mask_logits[chosen].reshape(chosen.size, -1) > 0
+    predicted = masks & ~target.ignored().ravel()
+    truth = target.masks.reshape(n, -1)
     inter = predicted.astype(np.float32) @ truth.T.astype(np.float32)
     union = predicted.sum(1)[:, None] + truth.sum(1)[None] - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     pairs = _greedy_match(iou)
     total = float(sum(iou[p, t] for p, t in pairs))
-    return ImageResult(2 * total / (chosen.size + n), int(chosen.size), n, len(pairs), total)
+    area = masks.sum(1)
+    in_crowd = (area > 0) & ((masks & target.crowd.ravel()).sum(1) >= CROWD_SHARE * area)
+    in_crowd[[p for p, _ in pairs]] = False
+    counted = int(chosen.size - in_crowd.sum())
+    return ImageResult(2 * total / (counted + n), counted, n, len(pairs), total)
 
 
 @dataclass
@@ -192,26 +210,31 @@ def greedy_matching(credit: mx.array) -> mx.array:
 
 
 def surrogate(scores: mx.array, mask_logits: mx.array, targets: mx.array, instance_valid: mx.array,
-              keep: mx.array, config: ObjectiveConfig) -> mx.array:
+              keep: mx.array, crowd: mx.array, config: ObjectiveConfig) -> mx.array:
     """Differentiable stand-in for the split score over B (prompt, image) pairs, to maximise.
 
     scores [B, Q] official scores; mask_logits [B, Q, h, w]; targets [B, N, h, w] float 0/1,
     padded to the largest instance count N with ``instance_valid`` [B, N] False; keep [B, h, w]
-    float, 0 on ignored (crowd) pixels. A pair with no valid instance is a negative. The
-    config's temperatures must be set (``calibrate``)."""
+    float, 0 on ignored pixels (``MaskTarget.ignored``); crowd [B, h, w] float, 1 in crowd
+    regions. A pair with no valid instance is a negative. The config's temperatures must be set
+    (``calibrate``)."""
     if config.temperature is None or config.mask_temperature is None:
         raise ValueError("the surrogate's temperatures are not set: calibrate them or give them")
     weight = mx.sigmoid((scores - config.threshold) / config.temperature)  # soft "is predicted"
-    probs = (mx.sigmoid(mask_logits / config.mask_temperature) * keep[:, None]).reshape(*mask_logits.shape[:2], -1)
-    truth = (targets * keep[:, None]).reshape(*targets.shape[:2], -1)
+    masks = mx.sigmoid(mask_logits / config.mask_temperature).reshape(*mask_logits.shape[:2], -1)
+    probs = masks * keep.reshape(keep.shape[0], 1, -1)
+    truth = targets.reshape(*targets.shape[:2], -1)
     inter = probs @ truth.swapaxes(1, 2)  # [B, Q, N]
     union = probs.sum(-1)[..., None] + truth.sum(-1)[:, None] - inter
     soft_iou = inter / mx.maximum(union, 1e-6)
     valid = instance_valid.astype(scores.dtype)
     credit = weight[..., None] * soft_iou * valid[:, None]  # [B, Q, N]
-    found = (credit * greedy_matching(mx.stop_gradient(credit))).sum(1)  # per instance, its query's
+    matching = greedy_matching(mx.stop_gradient(credit))
+    found = (credit * matching).sum(1)  # per instance, its query's
     count = valid.sum(-1)
-    quality = 2 * found.sum(-1) / (weight.sum(-1) + count)
+    in_crowd = (masks @ crowd.reshape(crowd.shape[0], -1, 1))[..., 0] >= CROWD_SHARE * masks.sum(-1)
+    dropped = mx.stop_gradient(in_crowd & (matching.sum(-1) == 0))
+    quality = 2 * found.sum(-1) / (mx.where(dropped, 0.0, weight).sum(-1) + count)
     # a negative image has a prediction exactly when its highest score passes the threshold
     any_prediction = mx.sigmoid((scores.max(-1) - config.threshold) / config.temperature)
     positive = (count > 0).astype(scores.dtype)

@@ -30,19 +30,21 @@ class DenseTargets:
 
     masks: mx.array  # [N, M, h, w] float 0/1
     valid: mx.array  # [N, M] bool
-    keep: mx.array  # [N, h, w] float, 0 on ignored (crowd) pixels
+    keep: mx.array  # [N, h, w] float, 0 on ignored pixels (``MaskTarget.ignored``)
+    crowd: mx.array  # [N, h, w] float, 1 in crowd regions
 
     @classmethod
     def of(cls, targets: list[MaskTarget]) -> DenseTargets:
-        size = targets[0].ignore.shape
+        size = targets[0].crowd.shape
         most = max(1, max(t.masks.shape[0] for t in targets))
         masks = np.zeros((len(targets), most, *size), np.float32)
         valid = np.zeros((len(targets), most), bool)
         for i, t in enumerate(targets):
             masks[i, : len(t.masks)] = t.masks
             valid[i, : len(t.masks)] = True
-        keep = np.stack([~t.ignore for t in targets]).astype(np.float32)
-        return cls(mx.array(masks), mx.array(valid), mx.array(keep))
+        keep = np.stack([~t.ignored() for t in targets]).astype(np.float32)
+        crowd = np.stack([t.crowd for t in targets]).astype(np.float32)
+        return cls(mx.array(masks), mx.array(valid), mx.array(keep), mx.array(crowd))
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,8 @@ class Scorer(ExactScorer):
         (our own by default), whose temperatures must be set."""
         grounded = self._ground_everywhere(self.model.encode_text_embeddings(embeddings, padding))
         return surrogate(grounded.scores.astype(mx.float32), grounded.masks.astype(mx.float32),
-                         self.dense.masks, self.dense.valid, self.dense.keep, config or self.config)
+                         self.dense.masks, self.dense.valid, self.dense.keep, self.dense.crowd,
+                         config or self.config)
 
     def calibrated(self, ids: np.ndarray) -> ObjectiveConfig:
         """Our objective with the surrogate temperatures it leaves unset scaled (``calibrate``)

@@ -29,7 +29,7 @@ def scorer_for(model: Sam3, cache: FeatureCache, dataset: Dataset, category_id: 
     targets = []
     for image_id in image_ids:
         target = dataset.targets(image_id, category_id)
-        targets.append(prepare_target(target.masks, target.ignore, size))
+        targets.append(prepare_target(target.masks, target.crowd, size))
     return Scorer(model, features, targets, config, pairs_per_batch)
 
 
