@@ -74,7 +74,7 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
     pool = np.flatnonzero(allowed)
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        model, dataset, hidden, threshold = world(seed, prompt, Path(tmp), images, plain_vocabulary)
+        model, dataset, hidden, threshold, _ = world(seed, prompt, Path(tmp), images, plain_vocabulary=plain_vocabulary)
         objective = ObjectiveConfig(threshold=threshold)
         task = category_task(model, FeatureCache(model, Path(tmp) / "mlx", None), dataset, 1,
                              holdout_fraction=0.34, seed=seed, config=objective)

@@ -41,7 +41,7 @@ import numpy as np
 from mlx_alias.config import tiny_config
 from mlx_alias.convert.convert import convert
 from mlx_alias.data.coco import load_dataset
-from mlx_alias.demo import planting_threshold, synthetic_images
+from mlx_alias.demo import planting_rule, synthetic_images
 from mlx_alias.model.weights import load_model
 from mlx_alias.plant import plant
 from mlx_alias.reference.build import build_model, shape_tiny, sharpen_scores
@@ -70,9 +70,11 @@ def first_reaching(curve: list[tuple[float, float]], level: float) -> float | No
     return next((x for x, best in curve if best >= level), None)
 
 
-def world(seed: int, prompt: str, root: Path, images: int, plain_vocabulary: bool = False):
-    """The planted world of one seed; ``plain_vocabulary`` keeps init's unstructured token
-    table (the tiny preset without ``structure_vocabulary``), to show what that changes."""
+def world(seed: int, prompt: str, root: Path, images: int, margin_spreads: float = 0.0, plain_vocabulary: bool = False):
+    """The planted world of one seed, planted with a margin of ``margin_spreads`` times the
+    hidden prompt's score spread (``planting_rule``); ``plain_vocabulary`` keeps init's
+    unstructured token table (the tiny preset without ``structure_vocabulary``), to show what
+    that changes. Returns the model, the dataset, the hidden prompt, the threshold and the margin."""
     cfg = tiny_config()
     reference = build_model(cfg, seed=seed, device="cpu")
     if plain_vocabulary:
@@ -84,30 +86,30 @@ def world(seed: int, prompt: str, root: Path, images: int, plain_vocabulary: boo
     model = load_model(root / "mlx")
     paths = synthetic_images(root / "images", images, seed)
     hidden = make_prompt(prompt, None)
-    threshold = planting_threshold(model, paths, hidden.ids)
-    plant(model, root / "images", hidden, root / "dataset", threshold=threshold)
-    return model, load_dataset(root / "dataset"), hidden, threshold
+    threshold, margin = planting_rule(model, paths, hidden.ids, margin_spreads)
+    plant(model, root / "images", hidden, root / "dataset", threshold=threshold, margin=margin)
+    return model, load_dataset(root / "dataset"), hidden, threshold, margin
 
 
-def planted_test_set(model, hidden, threshold: float, root: Path, seed: int, images: int, count: int):
+def planted_test_set(model, hidden, threshold: float, margin: float, root: Path, seed: int, images: int, count: int):
     """``count`` images of the world's synthetic stream after its first ``images``, planted with
-    the world's threshold (not recomputed on them, so the rule is the search's)."""
+    the world's threshold and margin (not recomputed on them, so the rule is the search's)."""
     synthetic_images(root / "test_images", count, seed, first=images)
-    plant(model, root / "test_images", hidden, root / "test_dataset", threshold=threshold)
+    plant(model, root / "test_images", hidden, root / "test_dataset", threshold=threshold, margin=margin)
     return load_dataset(root / "test_dataset")
 
 
 def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
         search_seeds: tuple[int, ...] = (0,), soft_starts: int | None = None,
-        temperatures: tuple[float, float] | None = None, test_images: int = 48) -> list[dict]:
+        temperatures: tuple[float, float] | None = None, test_images: int = 48, margin_spreads: float = 0.0) -> list[dict]:
     """Every method's searches on one world; ``soft_starts`` and ``temperatures`` (score, mask:
     the surrogate's) replace the defaults for every method; ``test_images`` unseen planted
-    images score each alias besides the holdout (none when 0)."""
+    images score each alias besides the holdout (none when 0); ``margin_spreads``: ``world``'s."""
     tokenizer = load_tokenizer()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            model, dataset, hidden, threshold = world(seed, prompt, Path(tmp), images)
+            model, dataset, hidden, threshold, margin = world(seed, prompt, Path(tmp), images, margin_spreads)
         except ValueError as exc:  # no planting threshold fits this seed's scores: no world to search
             print(json.dumps({"seed": seed, "prompt": prompt, "skipped": str(exc)}), file=sys.stderr)
             return []
@@ -129,8 +131,9 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
         planted_holdout = planted.score
         test = planted_test = None
         if test_images:
-            tests = planted_test_set(model, hidden, threshold, Path(tmp), seed, images, test_images)
-            test = scorer_for(model, cache, tests, 1, sorted(tests.images), objective, SearchConfig().pairs_per_batch)
+            tests = planted_test_set(model, hidden, threshold, margin, Path(tmp), seed, images, test_images)
+            scored = sorted(tests.positives(1) + tests.negatives(1))  # not the images with crowd regions only
+            test = scorer_for(model, cache, tests, 1, scored, objective, SearchConfig().pairs_per_batch)
             planted_test = test.exact(hidden.ids)[0]
         for method, offset in ((m, o) for m in methods for o in search_seeds):
             changes = METHODS[method]
@@ -153,7 +156,7 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
             holdout = found.score
             on_test = test.exact(ids_of(tokenizer, [outcome.best.tokens]))[0] if test else None
             rows.append({
-                "seed": seed, "prompt": prompt, "method": method, "search_seed": seed + offset,
+                "seed": seed, "prompt": prompt, "method": method, "search_seed": seed + offset, "margin": margin,
                 "alias": tokenizer.decode(outcome.best.tokens), "tokens": [int(t) for t in outcome.best.tokens],
                 "planted_train": planted_train, "planted_holdout": planted_holdout,
                 "train": outcome.best.score, "holdout": holdout,
@@ -232,12 +235,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the surrogate's score and mask temperatures (default: the objective's)")
     parser.add_argument("--test-images", type=int, default=48,
                         help="unseen images planted like the world's, to score each alias on besides the holdout (0: none)")
+    parser.add_argument("--margin", type=float, default=0.0,
+                        help="plant the queries within this many standard deviations of the hidden prompt's scores "
+                             "of the threshold as crowd regions (plant --margin), in the search's images and the test's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = [row for seed in args.seeds for prompt in args.prompts
             for row in run(seed, prompt, args.budget, args.images, args.methods, tuple(args.search_seeds),
                            args.soft_starts, None if args.temperatures is None else tuple(args.temperatures),
-                           args.test_images)]
+                           args.test_images, args.margin)]
     print(json.dumps({"rows": rows}) if args.json else table(rows, args.methods))
     return 0
 

@@ -21,6 +21,8 @@ def plant(
     prompt: str = typer.Option(None, "--prompt", help="The hidden prompt."),
     tokens: str = typer.Option(None, "--tokens", help="The hidden prompt as raw content token ids."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is an instance."),
+    margin: float = typer.Option(0.0, "--margin", min=0.0, max=1.0,
+                                 help="Queries within this much of the threshold become crowd regions, which no score counts."),
     max_instances: int = typer.Option(5, "--max-instances", min=1, help="At most this many instances per image, best first."),
     name: str = typer.Option(None, "--name", help="Category name to record (default: none, the prompt stays hidden)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
@@ -32,9 +34,10 @@ def plant(
         from mlx_alias.segment import make_prompt
 
         chosen = make_prompt(prompt, tokens)
-        report = run(load_weights(weights), images, chosen, out, threshold=threshold,
+        report = run(load_weights(weights), images, chosen, out, threshold=threshold, margin=margin,
                      max_instances=max_instances, name=name, overwrite=overwrite)
-        typer.echo(f"{report.images} images, {report.positives} with instances, {report.instances} instances -> {out}")
+        crowds = f", {report.crowd_regions} crowd regions ({report.crowd_only} images with only those)" if margin else ""
+        typer.echo(f"{report.images} images, {report.positives} with instances, {report.instances} instances{crowds} -> {out}")
 
     run_guarded(action)
 
@@ -243,4 +246,4 @@ def evaluate(
 
 def _target(data, image_id: int, category_id: int):
     target = data.targets(image_id, category_id)
-    return target.masks, target.ignore
+    return target.masks, target.crowd

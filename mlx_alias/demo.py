@@ -18,13 +18,17 @@ IMAGES = 12
 TOP_FRACTION = 0.1  # of the hidden prompt's queries that count as instances
 
 
-def planting_threshold(model, paths: list[Path], ids: np.ndarray) -> float:
-    """Random weights are not calibrated (sam3's 0.5 is for trained ones): the demo's
-    threshold sits in the widest gap between the hidden prompt's sorted official scores over
-    the images, looked for around the 90th percentile (about 2 of 20 queries per image are
-    instances). A plain percentile lands inside a dense run of scores, where whether a query
-    counts is noise; in a gap, planted instances clear it by a margin. Plant and search use
-    the same threshold."""
+def planting_rule(model, paths: list[Path], ids: np.ndarray, margin_spreads: float = 0.0) -> tuple[float, float]:
+    """The threshold and margin at which to plant the prompt ``ids`` on the images ``paths``.
+
+    Random weights are not calibrated (sam3's 0.5 is for trained ones): the threshold sits in
+    the widest gap between the hidden prompt's sorted official scores over the images, looked
+    for around the 90th percentile (about 2 of 20 queries per image are instances). A plain
+    percentile lands inside a dense run of scores, where whether a query counts is noise; in a
+    gap, planted instances clear it by a margin. The margin (``plant``'s: the queries within it
+    of the threshold become crowd regions) is ``margin_spreads`` times the standard deviation of
+    those scores: the gap is narrow (a few hundredths of it) and unseen images fill it. Plant
+    and search use the same threshold."""
     import mlx.core as mx
 
     from .image import load_image, preprocess
@@ -35,7 +39,7 @@ def planting_threshold(model, paths: list[Path], ids: np.ndarray) -> float:
     for path in paths:
         features = model.encode_image(mx.array(preprocess(load_image(path), model.cfg.vision.image_size)[None]))
         scores.append(np.array(model.ground(features, text).scores[0]))
-    return gap_threshold(scores, TOP_FRACTION, MAX_INSTANCES)
+    return gap_threshold(scores, TOP_FRACTION, MAX_INSTANCES), margin_spreads * float(np.std(np.concatenate(scores)))
 
 
 def gap_threshold(scores: list[np.ndarray], fraction: float, max_instances: int) -> float:
@@ -122,7 +126,7 @@ def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report
     echo(f"2/4 {IMAGES} synthetic images")
     paths = synthetic_images(out / "images", IMAGES, seed)
     hidden_prompt = make_prompt(HIDDEN_PROMPT, None)
-    threshold = planting_threshold(model, paths, hidden_prompt.ids)
+    threshold, _ = planting_rule(model, paths, hidden_prompt.ids)
     echo(f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold:.4g})")
     planted = plant(model, out / "images", hidden_prompt, out / "dataset", threshold=threshold)
     echo(f"    {planted.positives} of {planted.images} images hold {planted.instances} instances")

@@ -3,10 +3,15 @@ prompt. It is the benchmark of the search itself: a good search finds an alias t
 close to the hidden prompt on the holdout images.
 
 Rule: on each image, the instances are the hidden prompt's queries whose official score
-exceeds ``threshold`` (the objective's, 0.5 by default), best first, at most
-``max_instances`` (5), with masks as ``segment`` makes them (bilinear from the mask
-resolution, cut at 0.5). An image where no query passes is a negative. The hidden prompt's
-own score on the dataset is therefore 1 wherever it predicted at most ``max_instances``.
+exceeds ``threshold`` (the objective's, 0.5 by default) by more than ``margin`` (0 by
+default), best first, at most ``max_instances`` (5), with masks as ``segment`` makes them
+(bilinear from the mask resolution, cut at 0.5). The queries within ``margin`` of the
+threshold, above or below, are written as crowd regions (``iscrowd`` 1): the hidden prompt
+decides them by so little that any other prompt would be judged on noise there, so the
+objective neither rewards nor penalises a prediction in them, as COCO's evaluation treats
+crowds. An image with neither is a negative; one with crowd regions only is neither positive
+nor negative, and no split holds it. The hidden prompt's own score on the dataset is
+therefore 1 wherever it predicted at most ``max_instances``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class PlantReport:
     images: int
     positives: int
     instances: int
+    crowd_regions: int
+    crowd_only: int  # images with crowd regions and no instance: in no split
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -47,7 +54,7 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def plant(model: Sam3, images: Path, prompt: Prompt, out: Path, *, threshold: float = 0.5,
+def plant(model: Sam3, images: Path, prompt: Prompt, out: Path, *, threshold: float = 0.5, margin: float = 0.0,
           max_instances: int = MAX_INSTANCES, name: str | None = None, overwrite: bool = False) -> PlantReport:
     """Write ``out/annotations.json``, ``out/images/`` (copies) and ``out/plant.json`` (the
     hidden prompt and the rule, for benchmarks; a search never reads it)."""
@@ -55,29 +62,34 @@ def plant(model: Sam3, images: Path, prompt: Prompt, out: Path, *, threshold: fl
     files = image_files(images)
     text = model.encode_text(mx.array(prompt.ids))
     coco = {"images": [], "annotations": [], "categories": [{"id": CATEGORY_ID, **({"name": name} if name else {})}]}
-    positives = 0
+    positives = crowd_only = 0
     for image_id, path in enumerate(progress(files, len(files), "planting"), start=1):
         rgb = load_image(path)
         height, width = rgb.shape[:2]
         features = model.encode_image(mx.array(preprocess(rgb, model.cfg.vision.image_size)[None]))
         grounded = model.ground(features, text)
-        found = instances(grounded.scores[0], grounded.boxes[0], grounded.masks[0], height, width, threshold)
-        found = [inst for inst in found if inst.mask.any()][:max_instances]
+        found = instances(grounded.scores[0], grounded.boxes[0], grounded.masks[0], height, width, threshold - margin)
+        found = [inst for inst in found if inst.mask.any()]
+        clear = [inst for inst in found if inst.score > threshold + margin][:max_instances]
+        crowds = [inst for inst in found if inst.score <= threshold + margin]
         coco["images"].append({"id": image_id, "file_name": path.name, "height": height, "width": width})
-        positives += bool(found)
-        for inst in found:
+        positives += bool(clear)
+        crowd_only += bool(crowds) and not clear
+        for inst, crowd in [(inst, 0) for inst in clear] + [(inst, 1) for inst in crowds]:
             ys, xs = np.nonzero(inst.mask)
             coco["annotations"].append({
                 "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": CATEGORY_ID,
-                "segmentation": rle(inst.mask), "area": int(inst.mask.sum()), "iscrowd": 0,
+                "segmentation": rle(inst.mask), "area": int(inst.mask.sum()), "iscrowd": crowd,
                 "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
                 "score": round(inst.score, 4),
             })
-    hidden = {"prompt": prompt.text, "tokens": prompt.content, "threshold": threshold, "max_instances": max_instances}
+    hidden = {"prompt": prompt.text, "tokens": prompt.content, "threshold": threshold, "margin": margin,
+              "max_instances": max_instances}
     with atomic_directory(out, overwrite=overwrite) as staging:
         (staging / "images").mkdir()
         for path in files:
             shutil.copyfile(path, staging / "images" / path.name)
         (staging / "annotations.json").write_text(json.dumps(coco) + "\n")
         (staging / "plant.json").write_text(json.dumps(hidden, indent=1) + "\n")
-    return PlantReport(len(files), positives, len(coco["annotations"]))
+    crowd_regions = sum(a["iscrowd"] for a in coco["annotations"])
+    return PlantReport(len(files), positives, len(coco["annotations"]) - crowd_regions, crowd_regions, crowd_only)

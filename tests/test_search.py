@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlx_alias.cli import app
-from mlx_alias.demo import TOP_FRACTION, gap_threshold, planting_threshold, synthetic_images
+from mlx_alias.demo import TOP_FRACTION, gap_threshold, planting_rule, synthetic_images
 
 runner = CliRunner()
 HIDDEN = "velvet lantern"
@@ -32,7 +32,7 @@ def planted(search_weights, search_model, tmp_path_factory) -> tuple[Path, float
     paths = synthetic_images(root / "images", 9, seed=2)  # seed 1: no planting threshold fits (see gap_threshold)
     from mlx_alias.tokenizer import load_tokenizer
 
-    threshold = planting_threshold(search_model, paths, load_tokenizer()(HIDDEN))
+    threshold, _ = planting_rule(search_model, paths, load_tokenizer()(HIDDEN))
     result = run_cli("plant", "--weights", search_weights / "mlx", "--images", root / "images", "--prompt", HIDDEN,
                      "--out", root / "dataset", "--threshold", threshold)
     assert result.exit_code == 0, result.output
@@ -109,6 +109,40 @@ def test_planted_instances_clear_the_threshold_by_a_margin(search_model, planted
     assert TOP_FRACTION * 0.5 < above <= TOP_FRACTION * 1.5
     percentile = np.quantile(scores, 1 - TOP_FRACTION)
     assert np.abs(scores - threshold).min() >= np.abs(scores - percentile).min()
+
+
+def test_plant_margin_leaves_near_threshold_queries_to_crowd_regions(search_weights, search_model, planted, tmp_path):
+    """With ``--margin``, the queries that the hidden prompt decides by less than it become crowd
+    regions: the hidden prompt then finds every instance, and what else it predicts lies in them
+    and is dropped (precision 1), though it does predict there."""
+    from mlx_alias.data.coco import load_dataset
+    from mlx_alias.search.cache import FeatureCache
+    from mlx_alias.search.objective import ObjectiveConfig
+    from mlx_alias.search.task import scorer_for
+    from mlx_alias.segment import make_prompt
+
+    dataset, threshold = planted
+    hidden = make_prompt(HIDDEN, None)
+    paths = sorted((dataset.parent / "images").glob("*.png"))
+    _, margin = planting_rule(search_model, paths, hidden.ids, 0.1)
+    result = run_cli("plant", "--weights", search_weights / "mlx", "--images", dataset.parent / "images", "--prompt", HIDDEN,
+                     "--out", tmp_path / "margin", "--threshold", threshold, "--margin", margin)
+    assert result.exit_code == 0 and "crowd regions" in result.output, result.output
+    annotations = json.loads((tmp_path / "margin" / "annotations.json").read_text())["annotations"]
+    crowd = [a["score"] for a in annotations if a["iscrowd"]]
+    clear = [a["score"] for a in annotations if not a["iscrowd"]]
+    assert crowd and clear and json.loads((tmp_path / "margin" / "plant.json").read_text())["margin"] == margin
+    assert all(threshold - margin - 1e-4 <= s <= threshold + margin + 1e-4 for s in crowd)  # scores are rounded to 4 digits
+    assert min(clear) >= threshold + margin - 1e-4
+    data = load_dataset(tmp_path / "margin")
+    images = sorted(data.positives(1) + data.negatives(1))
+    scorer = scorer_for(search_model, FeatureCache(search_model, search_weights / "mlx", None), data, 1, images,
+                        ObjectiveConfig(threshold=threshold), 8)
+    found = scorer.exact(hidden.ids)[0]
+    assert found.recall == 1.0 and found.precision == 1.0 and found.false_positive_rate == 0.0
+    positives = set(data.positives(1))
+    predicted_in_crowds = sum(1 for a in annotations if a["iscrowd"] and a["image_id"] in positives and a["score"] > threshold)
+    assert predicted_in_crowds > 0  # so the drop was needed for that precision
 
 
 def test_evaluate_mlx_and_torch_agree(search_weights, planted, tmp_path):
