@@ -25,10 +25,11 @@ threshold with a steep sigmoid, masks with probabilities, IoU with soft IoU and,
 image, "any prediction" with the soft threshold of its highest score, so that its gradient points
 where the exact score improves. It keeps the exact score's greedy one-to-one matching, made on the
 soft credits (soft "is predicted" times soft IoU) and held fixed under the gradient, as DETR holds
-its matching, and drops the unmatched queries whose soft masks lie at least half inside crowd regions,
-a choice also held fixed: a max over queries per instance instead lets one query take the credit of every
+its matching: a max over queries per instance instead lets one query take the credit of every
 instance it overlaps, and on the planted tiny worlds, whose instances overlap, soft ascents then
-climbed to aliases with twice the hidden prompt's surrogate and half its exact score.
+climbed to aliases with twice the hidden prompt's surrogate and half its exact score. Like the
+exact score it drops the unmatched queries whose (soft) masks lie at least half inside crowd
+regions, a choice also held fixed under the gradient.
 
 The surrogate's two temperatures, unless given, are scaled to the model's own outputs on the
 task (``calibrate``): a random tiny model's mask logits lie within about 0.2 of 0 and its scores
@@ -122,7 +123,7 @@ def prepare_target(masks: np.ndarray, crowd: np.ndarray, size: int) -> MaskTarge
 @dataclass
 class ImageResult:
     quality: float
-    predicted: int
+    predicted: int  # less those dropped in crowd regions
     instances: int
     matched: int
     matched_iou: float  # sum over matched pairs
