@@ -8,7 +8,7 @@ over 8 worlds can move by 0.03 on seed alone: ``--search-seeds 0 100 200`` runs 
 three times per world (search seed = world seed + each offset), on the same world and split.
 
 For every (seed, prompt): a tiny random SAM3 (as ``mlx-alias init --preset tiny``), the demo's
-synthetic images, the prompt planted with the demo's threshold rule, then each method searches
+synthetic images, the prompt planted with the demo's rule (threshold and margin), then each method searches
 the same train split with the same budget. Methods: the full pipeline, each phase alone, and the
 seed-style baseline (random starts, a genetic algorithm with population 20, embedding-neighbour
 mutations, no gradients, one candidate at a time, each (candidate, image) pair re-reading and
@@ -23,7 +23,8 @@ score on them over the hidden prompt's.
 A random model's scores are dense around any threshold, so many planted labels are decided by a
 hair, and an alias is judged there on noise. ``--margin M`` plants the queries within M standard
 deviations of the hidden prompt's scores of the threshold as crowd regions, which the objective
-does not count (``plant --margin``), in the search's images and the test images alike.
+does not count (``plant --margin``), in the search's images and the test images alike. The
+default is the demo's 0.1; figures recorded before 2026-11-25 were planted plainly (``--margin 0``).
 
 Wall-clock to 0.9 of the planted train score: from the search's start, plus, for the methods
 that cache image features, the time to encode and prepare the training images once (measured
@@ -46,7 +47,7 @@ import numpy as np
 from mlx_alias.config import tiny_config
 from mlx_alias.convert.convert import convert
 from mlx_alias.data.coco import load_dataset
-from mlx_alias.demo import planting_rule, synthetic_images
+from mlx_alias.demo import MARGIN_SPREADS, planting_rule, synthetic_images
 from mlx_alias.model.weights import load_model
 from mlx_alias.plant import plant
 from mlx_alias.reference.build import build_model, shape_tiny, sharpen_scores
@@ -242,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the surrogate's score and mask temperatures (default: the objective's)")
     parser.add_argument("--test-images", type=int, default=48,
                         help="unseen images planted like the world's, to score each alias on besides the holdout (0: none)")
-    parser.add_argument("--margin", type=float, default=0.0,
+    parser.add_argument("--margin", type=float, default=MARGIN_SPREADS,
                         help="plant the queries within this many standard deviations of the hidden prompt's scores "
-                             "of the threshold as crowd regions (plant --margin), in the search's images and the test's")
+                             "of the threshold as crowd regions (plant --margin), in the search's images and the test's "
+                             "(default: the demo's; 0 plants plainly)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = [row for seed in args.seeds for prompt in args.prompts

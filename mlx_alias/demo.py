@@ -16,6 +16,9 @@ from .files import atomic_directory
 HIDDEN_PROMPT = "velvet lantern"
 IMAGES = 12
 TOP_FRACTION = 0.1  # of the hidden prompt's queries that count as instances
+# The threshold's gap is a few hundredths of a spread wide and unseen images fill it, so queries
+# this close to it are planted as crowd regions rather than decided by a hair.
+MARGIN_SPREADS = 0.1
 
 
 def planting_rule(model, paths: list[Path], ids: np.ndarray, margin_spreads: float = 0.0) -> tuple[float, float]:
@@ -126,10 +129,12 @@ def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report
     echo(f"2/4 {IMAGES} synthetic images")
     paths = synthetic_images(out / "images", IMAGES, seed)
     hidden_prompt = make_prompt(HIDDEN_PROMPT, None)
-    threshold, _ = planting_rule(model, paths, hidden_prompt.ids)
-    echo(f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold:.4g})")
-    planted = plant(model, out / "images", hidden_prompt, out / "dataset", threshold=threshold)
-    echo(f"    {planted.positives} of {planted.images} images hold {planted.instances} instances")
+    threshold, margin = planting_rule(model, paths, hidden_prompt.ids, MARGIN_SPREADS)
+    echo(f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold + margin:.4g}; "
+         f"crowd regions: within {margin:.2g} of {threshold:.4g})")
+    planted = plant(model, out / "images", hidden_prompt, out / "dataset", threshold=threshold, margin=margin)
+    echo(f"    {planted.positives} of {planted.images} images hold {planted.instances} instances, "
+         f"{planted.crowd_regions} crowd regions")
     dataset = load_dataset(out / "dataset")
     cache = FeatureCache(model, out / "weights", out / "cache")
     search = SearchConfig(lengths=(len(load_tokenizer().encode(HIDDEN_PROMPT)),), budget=budget,
@@ -144,4 +149,4 @@ def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report
                       holdout_fraction=search.holdout_fraction, seed=seed)
     alias = entries[0]
     return {"alias": alias["text"], "tokens": alias["tokens"], "alias_holdout": rows[0].score,
-            "hidden_holdout": hidden[0].score, "evaluations": alias["evaluations"], "threshold": threshold}
+            "hidden_holdout": hidden[0].score, "evaluations": alias["evaluations"], "threshold": threshold, "margin": margin}

@@ -273,3 +273,5 @@ def test_demo(tmp_path):
     assert result.exit_code == 0, result.output
     assert "hidden prompt" in result.output
     assert json.loads((tmp_path / "demo" / "run" / "aliases.json").read_text())[0]["evaluations"] <= 60 + 8
+    planted = json.loads((tmp_path / "demo" / "dataset" / "plant.json").read_text())
+    assert planted["margin"] > 0  # near-threshold queries are planted as crowd regions
