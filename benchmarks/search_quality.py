@@ -8,8 +8,8 @@ over 8 worlds can move by 0.03 on seed alone: ``--search-seeds 0 100 200`` runs 
 three times per world (search seed = world seed + each offset), on the same world and split.
 
 For every (seed, prompt): a tiny random SAM3 (as ``mlx-alias init --preset tiny``), the demo's
-synthetic images, the prompt planted with the demo's rule (threshold and margin), then each method searches
-the same train split with the same budget. Methods: the full pipeline, each phase alone, and the
+synthetic images, the prompt planted with the demo's rule (threshold and margin), then each
+method searches the same train split with the same budget. Methods: the full pipeline, each phase alone, and the
 seed-style baseline (random starts, a genetic algorithm with population 20, embedding-neighbour
 mutations, no gradients, one candidate at a time, each (candidate, image) pair re-reading and
 re-encoding its image as the original experiment did: ``ReencodingScorer``).
