@@ -9,10 +9,10 @@ three times per world (search seed = world seed + each offset), on the same worl
 
 For every (seed, prompt): a tiny random SAM3 (as ``mlx-alias init --preset tiny``), the demo's
 synthetic images, the prompt planted with the demo's rule (threshold and margin), then each
-method searches the same train split with the same budget. Methods: the full pipeline, each phase alone, and the
-seed-style baseline (random starts, a genetic algorithm with population 20, embedding-neighbour
-mutations, no gradients, one candidate at a time, each (candidate, image) pair re-reading and
-re-encoding its image as the original experiment did: ``ReencodingScorer``).
+method searches the same train split with the same budget. Methods: the full pipeline, each
+phase alone, and the seed-style baseline (random starts, a genetic algorithm with population 20,
+embedding-neighbour mutations, no gradients, one candidate at a time, each (candidate, image)
+pair re-reading and re-encoding its image as the original experiment did: ``ReencodingScorer``).
 
 The search's dataset is small (12 images: 8 train, 4 holdout), and a holdout of 4 images is a
 noisy measure of how an alias generalises: one false positive on a holdout negative costs 0.5.
