@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mlx_alias import digest
 from mlx_alias.image import ImageError, load_image, preprocess
 from mlx_alias.model.weights import load_model
 from mlx_alias.search import cache as cache_module
@@ -197,32 +199,73 @@ def test_other_weights_get_their_own_entries(mlx_model, mlx_weights, images, dir
     assert counts(again) == (0, 1, 0, 0)
 
 
-def test_fingerprint_is_memoised_on_disk(mlx_weights, tmp_path, monkeypatch):
+@pytest.fixture
+def settled_at_once(monkeypatch):
+    """Memoise digests of files written a moment ago (``digest.SETTLED_NS`` 0), starting from
+    an empty in-process memo; returns ``forget()``, which empties it again (a new process)."""
+    monkeypatch.setattr(digest, "SETTLED_NS", 0)
+    forget = lambda: monkeypatch.setattr(digest, "_MEMO", {})  # noqa: E731
+    forget()
+    return forget
+
+
+def test_fingerprint_is_memoised_on_disk(mlx_weights, tmp_path, monkeypatch, settled_at_once):
     weights = tmp_path / "weights"
     shutil.copytree(mlx_weights, weights)
     calls = []
-    hash_file = cache_module._hash_file
-    monkeypatch.setattr(cache_module, "_hash_file", lambda path: calls.append(path.name) or hash_file(path))
-    forget = lambda: monkeypatch.setattr(cache_module, "_FILE_DIGESTS", {})  # noqa: E731  (a new process)
+    hash_file = digest.hash_file
+    monkeypatch.setattr(digest, "hash_file", lambda path: calls.append(path.name) or hash_file(path))
+    forget = settled_at_once
 
-    forget()
-    digest = weights_fingerprint(weights, tmp_path / "memo")
+    digest_ = weights_fingerprint(weights, tmp_path / "memo")
     assert sorted(calls) == ["config.json", "model.safetensors"]
-    assert weights_fingerprint(weights, tmp_path / "memo") == digest  # in-process memo
+    assert weights_fingerprint(weights, tmp_path / "memo") == digest_  # in-process memo
     forget()
-    assert weights_fingerprint(weights, tmp_path / "memo") == digest  # disk memo
+    assert weights_fingerprint(weights, tmp_path / "memo") == digest_  # disk memo
     assert len(calls) == 2
 
     stat = (weights / "config.json").stat()
     os.utime(weights / "config.json", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     forget()
-    assert weights_fingerprint(weights, tmp_path / "memo") == digest  # same contents
+    assert weights_fingerprint(weights, tmp_path / "memo") == digest_  # same contents
     assert calls[2:] == ["config.json"]
     memo = json.loads((tmp_path / "memo" / cache_module.FINGERPRINTS).read_text())
     assert len(memo) == 2  # the touched file's old entry was replaced
 
     (weights / "config.json").write_text((weights / "config.json").read_text() + "\n")
-    assert weights_fingerprint(weights, tmp_path / "memo") != digest
+    assert weights_fingerprint(weights, tmp_path / "memo") != digest_
+
+
+def test_other_weights_copied_over_with_the_same_timestamps(mlx_weights, search_weights, tmp_path, settled_at_once):
+    """``cp -p``, ``rsync -t``, tar: other weights of the same size at the same path with the same
+    mtime. Memoised by path, size and mtime, the old digest, and so the old image features and a
+    resume's weights check, were used for them."""
+    weights, other = tmp_path / "weights", search_weights / "mlx"
+    shutil.copytree(mlx_weights, weights)
+    assert weights_fingerprint(weights, tmp_path / "memo") != weights_fingerprint(other)
+    for name in ("model.safetensors", "config.json"):
+        stat = (weights / name).stat()
+        assert (other / name).stat().st_size == stat.st_size
+        time.sleep(0.05)  # past the file system's timestamp granularity, as any real copy is
+        (weights / name).write_bytes((other / name).read_bytes())
+        os.utime(weights / name, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert (weights / name).stat().st_mtime_ns == stat.st_mtime_ns
+    settled_at_once()  # a new process, with the disk memo of the old weights
+    assert weights_fingerprint(weights, tmp_path / "memo") == weights_fingerprint(other)
+
+
+def test_a_file_changed_a_moment_ago_is_not_memoised(tmp_path, monkeypatch):
+    """Within the timestamp granularity a rewrite could keep even the ctime: such a file is
+    hashed again at every call until it has settled."""
+    monkeypatch.setattr(digest, "_MEMO", {})
+    path = tmp_path / "file"
+    path.write_bytes(b"a" * 100)
+    first = digest.file_digest(path, tmp_path / "memo.json")
+    assert first == hashlib.sha256(b"a" * 100).hexdigest()
+    assert not digest._MEMO and not (tmp_path / "memo.json").exists()
+    monkeypatch.setattr(digest, "SETTLED_NS", 0)
+    assert digest.file_digest(path, tmp_path / "memo.json") == first
+    assert list(json.loads((tmp_path / "memo.json").read_text()).values()) == [first]
 
 
 def test_unreadable_image_leaves_no_entry(mlx_model, mlx_weights, images, tmp_path):

@@ -4,7 +4,8 @@ Disk layout: ``<directory>/<weights fingerprint[:16]>/<image sha256>.safetensors
 image holding its levels ``level0..`` ([1, h, w, d], the model's output dtype) and metadata
 (format, weights fingerprint, image key, dtype, shapes, sha256 of the tensor bytes), so that a
 corrupt or stale entry is recognised on read and recomputed. ``<directory>/fingerprints.json``
-memoises the weights' file hashes by path, size and mtime.
+memoises the weights' file hashes (``mlx_alias.digest``: keyed by inode and ctime too, so that
+other weights copied over the same path with the same timestamps are hashed afresh).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlx_alias.convert.convert import CONFIG, WEIGHTS
-from mlx_alias.files import atomic_write, atomic_write_bytes
+from mlx_alias.digest import MemoUnwritable, file_digest
+from mlx_alias.files import atomic_write
 from mlx_alias.image import ImageError, load_image, preprocess_batch
 from mlx_alias.model.sam3 import ImageFeatures, Sam3
 from mlx_alias.model.weights import WeightsError
@@ -28,12 +30,6 @@ from mlx_alias.progress import progress
 FORMAT = "mlx_alias.image_features/1"
 FINGERPRINTS = "fingerprints.json"
 PROGRESS_AFTER = 8  # images to compute before a progress line is worth showing
-_CHUNK = 8 << 20
-
-# Content digests by "abs path|size|mtime_ns": weights hash once per process (and, through
-# fingerprints.json, once per cache folder); images once per process.
-_FILE_DIGESTS: dict[str, str] = {}
-_IMAGE_KEYS: dict[str, str] = {}
 
 
 class CacheError(ValueError):
@@ -60,78 +56,33 @@ class CacheStats:
     recomputed_bad: int = 0
 
 
-def _hash_file(path: Path) -> str:
-    """sha256 of a file read in chunks (the full-size weights are 3.4 GB)."""
-    digest = hashlib.sha256()
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
-
-
-def _stat_key(path: Path) -> tuple[Path, str]:
-    path = path.resolve()
-    st = path.stat()
-    return path, f"{path}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def _read_memo(memo: Path) -> dict[str, str]:
-    try:
-        data = json.loads(memo.read_text())
-    except (OSError, ValueError):  # missing or damaged: it only costs a re-hash
-        return {}
-    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
-
-
-def _file_digest(path: Path, memo_dir: Path | None) -> str:
-    path, key = _stat_key(path)
-    if key in _FILE_DIGESTS:
-        return _FILE_DIGESTS[key]
-    memo = memo_dir / FINGERPRINTS if memo_dir is not None else None
-    digest = _read_memo(memo).get(key) if memo is not None else None
-    if digest is None or len(digest) != 64:
-        digest = _hash_file(path)
-        if memo is not None:
-            # Re-read just before writing: another run may have added entries meanwhile.
-            entries = {k: v for k, v in _read_memo(memo).items() if not k.startswith(f"{path}|")}
-            entries[key] = digest
-            try:
-                memo_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(memo, json.dumps(entries, indent=1, sort_keys=True).encode())
-            except OSError as exc:
-                raise _unwritable(memo_dir, exc) from exc
-    _FILE_DIGESTS[key] = digest
-    return digest
-
-
 def weights_fingerprint(weights_dir: Path, memo_dir: Path | None = None) -> str:
     """sha256 identifying a weights folder by the contents of its weights and config files.
 
-    Each file's hash is memoised in-process by (path, size, mtime_ns), and in
-    ``memo_dir/fingerprints.json`` when ``memo_dir`` is given, so that later runs skip the hash.
+    Each file's hash is memoised (``mlx_alias.digest.file_digest``), in
+    ``memo_dir/fingerprints.json`` too when ``memo_dir`` is given, so that later runs skip it.
     """
     parts = []
     for name in (WEIGHTS, CONFIG):
         path = Path(weights_dir) / name
         if not path.is_file():
             raise WeightsError(f"{weights_dir} is not an mlx-alias weights folder: {name} is missing")
-        parts.append(f"{name} {_file_digest(path, memo_dir)}\n")
+        memo = None if memo_dir is None else Path(memo_dir) / FINGERPRINTS
+        try:
+            parts.append(f"{name} {file_digest(path, memo)}\n")
+        except MemoUnwritable as exc:
+            raise _unwritable(memo_dir, exc) from exc
     return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 def image_key(path: Path) -> str:
     """sha256 of an image file's bytes: the same picture under two names is one entry."""
     try:
-        resolved, key = _stat_key(Path(path))
-        if key not in _IMAGE_KEYS:
-            _IMAGE_KEYS[key] = _hash_file(resolved)
+        return file_digest(Path(path))
     except FileNotFoundError as exc:
         raise ImageError(f"cannot read image {path}: no such file") from exc
     except OSError as exc:
         raise ImageError(f"cannot read image {path}: {(exc.strerror or str(exc)).lower()}") from exc
-    return _IMAGE_KEYS[key]
 
 
 def _checksum(levels: list[mx.array]) -> str:
