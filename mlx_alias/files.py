@@ -59,20 +59,45 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
         raise
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Have ``write`` fill a temporary file in the same folder, then rename it to ``path``."""
+def atomic_write(path: Path, write: Callable[[str], None], *, durable: bool = False) -> None:
+    """Have ``write`` fill a temporary file in the same folder, then rename it to ``path``.
+
+    With ``durable`` the file and the rename are flushed to disk (fsync) before returning, so a
+    power cut leaves either the old file or the new one. A failure to write raises
+    ``OutputError`` naming ``path`` (not the temporary file)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from exc
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result should not be
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+        if durable:
+            _fsync(path.parent)
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise _cannot_write(path, exc) from exc
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = False) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), durable=durable)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _cannot_write(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"cannot write {path} ({exc.strerror or exc})")

@@ -4,6 +4,7 @@ killed inside a later round resumes to the same end."""
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import replace
 from pathlib import Path
@@ -63,24 +64,24 @@ def test_random_starts_stay_within_the_budget(task, search_model):
 def _killed_then_resumed(task, model, path: Path, monkeypatch, config: SearchConfig, kill_after) -> driver.Outcome:
     """A run killed (KeyboardInterrupt) right after the first checkpoint ``kill_after(state)``
     accepts, then resumed from that checkpoint."""
-    original = driver.atomic_write_bytes
+    original = driver.save_state
 
-    def killed(target, data):
-        original(target, data)
-        if kill_after(pickle.loads(data)):
+    def killed(target, state):
+        original(target, state)
+        if kill_after(state):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(driver, "atomic_write_bytes", killed)
+    monkeypatch.setattr(driver, "save_state", killed)
     with pytest.raises(KeyboardInterrupt):
         _run(task, model, path, config)
-    monkeypatch.setattr(driver, "atomic_write_bytes", original)
+    monkeypatch.setattr(driver, "save_state", original)
     return _run(task, model, path, config)
 
 
 def test_kill_in_a_later_round_resumes_to_the_same_end(task, search_model, tmp_path, monkeypatch):
-    whole = _run(task, search_model, tmp_path / "whole.pkl")
-    resumed = _killed_then_resumed(task, search_model, tmp_path / "cut.pkl", monkeypatch, CONFIG,
-                                   lambda state: state["at"].round == 1)
+    whole = _run(task, search_model, tmp_path / "whole.safetensors")
+    resumed = _killed_then_resumed(task, search_model, tmp_path / "cut.safetensors", monkeypatch, CONFIG,
+                                   lambda state: state["at"]["round"] == 1)
     assert (resumed.best, resumed.evaluations, resumed.curve) == (whole.best, whole.evaluations, whole.curve)
 
 
@@ -88,13 +89,56 @@ def test_concept_phase_composes_and_a_kill_inside_it_resumes(task, search_model,
     config = replace(CONFIG.with_phases(("concept", "evolution")),
                      concept=SoftConfig(init="random", steps=6, evaluate_every=2, patience=100))
     phases = []
-    whole = search_category(task, search_model, load_tokenizer(), config, 2, tmp_path / "whole.pkl",
+    whole = search_category(task, search_model, load_tokenizer(), config, 2, tmp_path / "whole.safetensors",
                             lambda p: phases.append(p.phase))
     # each round: the concept phase's six steps, then evolution from the best of them and the starts
     assert phases[:7] == ["concept"] * 6 + ["evolution"] and set(phases) == {"concept", "evolution"}
-    resumed = _killed_then_resumed(task, search_model, tmp_path / "cut.pkl", monkeypatch, config,
-                                   lambda state: state["at"].phase == 0 and state["phase"]["taken"] == 3)
+    resumed = _killed_then_resumed(task, search_model, tmp_path / "cut.safetensors", monkeypatch, config,
+                                   lambda state: state["at"]["phase"] == 0 and state["phase"]["taken"] == 3)
     assert (resumed.best, resumed.evaluations, resumed.curve) == (whole.best, whole.evaluations, whole.curve)
+
+
+class _Payload:
+    """What a crafted pickle runs on loading: here, creating a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def _damaged_checkpoints(tmp_path: Path, task, search_model) -> dict[str, bytes]:
+    from safetensors.numpy import save
+
+    from mlx_alias.search import state as state_module
+
+    good = tmp_path / "good.safetensors"
+    _run(task, search_model, good, replace(CONFIG, budget=12))
+    data = good.read_bytes()
+    payload = pickle.dumps({"version": 3, "seen": _Payload(tmp_path / "ran")})
+    bare = state_module.load_state(good)
+    del bare["seen"]
+    state_module.save_state(tmp_path / "bare.safetensors", bare)
+    return {"a pickle": payload, "truncated": data[: len(data) // 2], "empty": b"",
+            "foreign": save({"level0": np.zeros((1, 2), np.float32)}, metadata={"format": "mlx_alias.image_features/1"}),
+            "missing a key": (tmp_path / "bare.safetensors").read_bytes(),
+            "not UTF-8": data.replace(b"seen", b"se\xffn", 1)}
+
+
+def test_a_damaged_or_foreign_checkpoint_is_refused_and_never_run(task, search_model, tmp_path):
+    """Checkpoints are JSON and safetensors: a crafted pickle cannot run code, and what is not
+    this search's state gets one sentence that names the file and how to go on."""
+    for kind, data in _damaged_checkpoints(tmp_path, task, search_model).items():
+        path = tmp_path / "state" / "1-2.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        with pytest.raises(ValueError) as caught:
+            _run(task, search_model, path)
+            pytest.fail(f"{kind}: no error")
+        message = str(caught.value)
+        assert str(path) in message and "delete it to restart the 2-token search of category 1" in message, (kind, message)
+        assert "\n" not in message and not (tmp_path / "ran").exists(), kind
 
 
 def test_gradient_phases_take_the_temperatures_scaled_to_the_model(task, search_model, monkeypatch):

@@ -215,19 +215,19 @@ def test_interrupted_search_resumes_to_the_same_end(search_weights, planted, tmp
     whole = run_cli(*search_args(search_weights, dataset, tmp_path / "whole", threshold, tmp_path, *lengths))
     assert whole.exit_code == 0, whole.output
     steps = {"n": 0}
-    original = driver.atomic_write_bytes
+    original = driver.save_state
 
-    def killed_in_the_second_length(path, data):
-        original(path, data)
-        steps["n"] += path.name.endswith("-1.pkl")
+    def killed_in_the_second_length(path, state):
+        original(path, state)
+        steps["n"] += path.name.endswith("-1.safetensors")
         if steps["n"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(driver, "atomic_write_bytes", killed_in_the_second_length)
+    monkeypatch.setattr(driver, "save_state", killed_in_the_second_length)
     broken = run_cli(*search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path, *lengths))
     clean_failure(broken, "interrupted")
     assert not (tmp_path / "cut" / "aliases.json").exists()
-    monkeypatch.setattr(driver, "atomic_write_bytes", original)
+    monkeypatch.setattr(driver, "save_state", original)
     resumed = run_cli(*search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path, *lengths, "--resume"))
     assert resumed.exit_code == 0, resumed.output
     a = json.loads((tmp_path / "whole" / "aliases.json").read_text())

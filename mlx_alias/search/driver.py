@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mlx_alias.files import atomic_write_bytes
 from mlx_alias.model.sam3 import Sam3
 from mlx_alias.tokenizer import Tokenizer
 
@@ -31,11 +29,11 @@ from .discrete import EvolutionConfig, EvolutionPhase, GcgConfig, GcgPhase
 from .objective import ObjectiveConfig
 from .phase import Candidate, SearchContext, ids_of
 from .soft import SoftConfig, SoftPromptPhase
+from .state import StateError, load_state, save_state
 from .task import CategoryTask
 from .vocab import allowed_tokens
 
 PERFECT = 1.0 - 1e-9
-STATE_VERSION = 3  # 3: the soft phase holds several soft prompts
 CALIBRATION_PROMPTS = 8  # random aliases grounded to scale the surrogate's temperatures
 CALIBRATION_STREAM = 1  # keeps their generator apart from the search's own ([seed, category])
 # The phases that climb the surrogate: only they need its temperatures scaled (an evolution-only
@@ -169,11 +167,35 @@ def _top(seen: dict[tuple[int, ...], float], count: int, keep: Callable[[tuple[i
     return [Candidate(t, s) for s, t in ranked[:count]]
 
 
+def _candidates(pairs: list) -> list[Candidate]:
+    return [Candidate(tuple(int(t) for t in tokens), float(score)) for tokens, score in pairs]
+
+
+def _checkpoint(ctx: SearchContext, curve: list[tuple[int, float]], starts: list[Candidate] | None, at: RoundMark,
+                rng_before_phase: dict, phase_state: dict) -> dict:
+    """The whole search state as JSON values and arrays (``state.save_state``)."""
+    return {"seen": [[list(t), s] for t, s in ctx.seen.items()], "bounds": [[list(t), b] for t, b in ctx.bounds.items()],
+            "evaluations": ctx.scorer.evaluations, "curve": [list(point) for point in curve],
+            "starts": None if starts is None else [[list(c.tokens), c.score] for c in starts],
+            "at": dataclasses.asdict(at), "rng_before_phase": rng_before_phase, "phase": phase_state}
+
+
+def _resumed(saved: dict, ctx: SearchContext) -> tuple[list[tuple[int, float]], list[Candidate] | None, RoundMark]:
+    """Put a checkpoint's search state back into ``ctx``; returns (curve, starts, round mark)."""
+    ctx.seen = {c.tokens: c.score for c in _candidates(saved["seen"])}  # in the order they were seen
+    ctx.bounds = {c.tokens: c.score for c in _candidates(saved["bounds"])}
+    ctx.scorer.evaluations = int(saved["evaluations"])
+    curve = [(int(e), float(s)) for e, s in saved["curve"]]
+    starts = None if saved["starts"] is None else _candidates(saved["starts"])
+    return curve, starts, RoundMark(**saved["at"])
+
+
 def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: SearchConfig, length: int,
                     state_path: Path | None = None,
                     report: Callable[[Progress], None] = lambda p: None) -> Outcome:
     """Run (or resume, if ``state_path`` holds a checkpoint) the search of one category for
-    aliases of ``length`` tokens. A finished search's checkpoint gives back its outcome."""
+    aliases of ``length`` tokens. A finished search's checkpoint gives back its outcome. A
+    checkpoint that cannot be read raises ``StateError`` naming it and how to go on."""
     allowed = allowed_tokens(tokenizer, cfg.roundtrip_only)
     # each candidate's round trip is checked once, not at every ranking
     keep = functools.lru_cache(maxsize=None)(tokenizer.roundtrips) if cfg.roundtrip_only else (lambda t: True)
@@ -182,13 +204,20 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
     if SURROGATE_PHASES.intersection(cfg.phases):
         ctx.objective = task.train.calibrated(ids_of(tokenizer, _calibration_prompts(cfg, task, allowed, length)))
     label = task.category.label
-    saved = pickle.loads(state_path.read_bytes()) if state_path and state_path.is_file() else None
-    if saved is not None and saved["version"] == STATE_VERSION:
-        ctx.seen, ctx.bounds = saved["seen"], saved["bounds"]
-        task.train.evaluations = saved["evaluations"]
-        curve, starts, at = saved["curve"], saved["starts"], saved["at"]
+    remedy = f"delete it to restart the {length}-token search of {label} from its beginning"
+
+    def damaged(exc: Exception) -> StateError:
+        reason = str(exc) if isinstance(exc, StateError) else f"the checkpoint {state_path} cannot be read: it does not hold this search's state"
+        return StateError(f"{reason}; {remedy}")
+
+    saved = None
+    if state_path is not None and state_path.is_file():
+        try:
+            saved = load_state(state_path)
+            curve, starts, at = _resumed(saved, ctx)
+        except (StateError, KeyError, TypeError, ValueError) as exc:
+            raise damaged(exc) from exc
     else:
-        saved = None
         task.train.evaluations = 0  # the budget counts this length's evaluations only
         natural = tokenizer.encode(task.category.name) if task.category.name else []
         starts = _random_starts(ctx, cfg, [_fit(natural, length, allowed, ctx.rng)] if natural else [])
@@ -206,14 +235,19 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
             name = cfg.phases[at.phase]
             # each round shares out what is left of the budget as the first round did
             limit = at.spent + int((cfg.budget - at.spent) * sum(cfg.shares[: at.phase + 1]))
-            if saved is not None:
-                ctx.rng.bit_generator.state = saved["rng_before_phase"]
-            rng_before = ctx.rng.bit_generator.state
             ctx.limit = limit
-            phase = _phase(name, ctx, cfg, starts)
             if saved is not None:
-                phase.restore(saved["phase"])
+                try:
+                    ctx.rng.bit_generator.state = saved["rng_before_phase"]
+                    rng_before = ctx.rng.bit_generator.state
+                    phase = _phase(name, ctx, cfg, starts)
+                    phase.restore(saved["phase"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise damaged(exc) from exc
                 saved = None
+            else:
+                rng_before = ctx.rng.bit_generator.state
+                phase = _phase(name, ctx, cfg, starts)
             while not phase.done and task.train.evaluations < limit and best.score < PERFECT:
                 phase.step()
                 best = best_so_far()
@@ -221,10 +255,7 @@ def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: 
                     curve.append((task.train.evaluations, best.score))
                 report(Progress(label, length, name, task.train.evaluations, cfg.budget, best.score))
                 if state_path is not None:
-                    state = {"version": STATE_VERSION, "seen": ctx.seen, "bounds": ctx.bounds,
-                             "evaluations": task.train.evaluations, "curve": curve, "starts": starts, "at": at,
-                             "rng_before_phase": rng_before, "phase": phase.state()}
-                    atomic_write_bytes(state_path, pickle.dumps(state))
+                    save_state(state_path, _checkpoint(ctx, curve, starts, at, rng_before, phase.state()))
             at = dataclasses.replace(at, phase=at.phase + 1)
             # the next phase starts from this round's best, not from earlier rounds' basins
             this_round = {t: ctx.seen[t] for t in list(ctx.seen)[at.seen:]}

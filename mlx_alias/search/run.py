@@ -1,7 +1,7 @@
 """A search run over the categories of a dataset: the run folder, resume, and the results.
 
 RUN_DIR holds ``run.json`` (the settings, the weights fingerprint and the dataset; a resume
-must match them), ``state/<category>.pkl`` (the checkpoint of the category in progress),
+must match them), ``state/<category>-<length>.safetensors`` (the checkpoints of the category in progress),
 ``aliases.json`` (one entry per finished category, rewritten atomically after each) and the
 report (``report.md`` and ``figures/``). A killed run resumes with ``--resume`` from its last step.
 """
@@ -108,7 +108,7 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
         echo(f"{task.category.label}: {describe(task.split)}")
         if warning := caution(task.split):
             echo(f"{task.category.label}: {warning}")
-        states = [run_dir / "state" / f"{category_id}-{length}.pkl" for length in cfg.lengths]
+        states = [run_dir / "state" / f"{category_id}-{length}.safetensors" for length in cfg.lengths]
         outcomes = [search_category(task, model, tokenizer, cfg, length, state, report)
                     for length, state in zip(cfg.lengths, states)]
         # the best train score; of equals, the shortest alias
