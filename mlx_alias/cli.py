@@ -4,6 +4,7 @@ non-zero exit; ``--debug`` shows the traceback instead."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -54,8 +55,9 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
-def run_guarded(action) -> None:
-    """Run ``action``; a user error becomes a one-sentence message and exit code 1."""
+def run_guarded(action, interrupted: Callable[[], str] = lambda: "interrupted") -> None:
+    """Run ``action``; a user error becomes a one-sentence message and exit code 1, Ctrl-C the
+    sentence ``interrupted()`` returns."""
     if state["debug"]:
         action()
         return
@@ -65,7 +67,7 @@ def run_guarded(action) -> None:
         text = str(exc).strip() or type(exc).__name__
         fail(text[0].lower() + text[1:] if text else text)
     except KeyboardInterrupt:
-        fail("interrupted")
+        fail(interrupted())
 
 
 @app.callback()
@@ -138,17 +140,35 @@ def segment(
     out: Path = typer.Option(..., "--out", help="Overlay PNG to write; the JSON goes beside it (same name, .json)."),
     prompt: str = typer.Option(None, "--prompt", help="Text prompt."),
     tokens: str = typer.Option(None, "--tokens", help="Raw content token ids instead of text, e.g. 1929,320."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Keep instances whose official score is above this."),
+    aliases: Path = typer.Option(None, "--aliases", help="aliases.json from a search: apply its alias (by its tokens)."),
+    category: int = typer.Option(None, "--category", help="With --aliases: the category whose alias to apply."),
+    threshold: float = typer.Option(None, "--threshold", min=0.0, max=1.0,
+                                    help="Keep instances whose official score is above this (default: the alias "
+                                    "file's threshold with --aliases, else 0.5)."),
 ) -> None:
     """Segment every instance of a prompt in one image: overlay PNG + JSON (scores, boxes, RLE masks)."""
 
     def action() -> None:
-        from mlx_alias.segment import make_prompt, segment as run
+        from mlx_alias.segment import Prompt, make_prompt, segment as run
+        from mlx_alias.search.alias_file import load_alias_file
+        from mlx_alias.tokenizer import load_tokenizer
 
-        chosen = make_prompt(prompt, tokens)
-        result = run(load_weights(weights), image, chosen, out, threshold)
+        cut = threshold
+        if aliases is not None:
+            if prompt is not None or tokens is not None:
+                raise ValueError("give one of --prompt, --tokens and --aliases")
+            alias_file = load_alias_file(aliases, load_tokenizer())
+            entry = alias_file.entry(category)
+            chosen = Prompt(load_tokenizer().from_content_ids(entry["tokens"]), None)
+            cut = alias_file.threshold if cut is None else cut
+        elif category is not None:
+            raise ValueError("--category chooses an alias of --aliases FILE")
+        else:
+            chosen = make_prompt(prompt, tokens)
+        cut = 0.5 if cut is None else cut
+        result = run(load_weights(weights), image, chosen, out, cut)
         scores = ", ".join(f"{i['score']:.2f}" for i in result["instances"]) or "none"
-        typer.echo(f"{len(result['instances'])} instance(s) above {threshold} (scores: {scores}) -> {out}, {out.with_suffix('.json')}")
+        typer.echo(f"{len(result['instances'])} instance(s) above {cut:g} (scores: {scores}) -> {out}, {out.with_suffix('.json')}")
 
     run_guarded(action)
 

@@ -42,13 +42,17 @@ def plant(
     run_guarded(action)
 
 
-def _categories(text: str | None, dataset) -> list[int]:
+def _categories(text: str | None) -> list[int] | None:
+    """Comma-separated category ids (None: all categories)."""
     if text is None:
-        return sorted(dataset.categories)
+        return None
     try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
         raise ValueError(f"--categories must be comma-separated category ids, got {text!r}") from None
+    if not ids:
+        raise ValueError(f"--categories names no category id (got {text!r})")
+    return ids
 
 
 def _model_in(weights: Path, dtype: "Dtype | None"):
@@ -118,18 +122,27 @@ def search(
             end_status()
             typer.echo(line, err=True)
 
-        entries = run_search(model, feature_cache, data, out, cfg, _categories(categories, data), resume,
-                             echo=echo, report=show)
+        document = run_search(model, feature_cache, data, out, cfg, _categories(categories), resume,
+                              echo=echo, report=show)
         end_status()
-        for e in entries:
+        for e in document["aliases"]:
             base = e.get("baseline")
             versus = f" (natural label {base['holdout_score']:.3f})" if base and base["holdout_score"] is not None else ""
             held = "n/a" if e["holdout_score"] is None else f"{e['holdout_score']:.3f}"
+            typed = "" if e["roundtrip"] else " (its text does not re-tokenize to these tokens: apply it by its tokens)"
             typer.echo(f"category {e['category_id']}: {e['text']!r} {e['tokens']} train {e['train_score']:.3f}, "
-                       f"holdout {held}{versus}")
-        typer.echo(f"results in {out / 'aliases.json'}")
+                       f"holdout {held}{versus}{typed}")
+        for item in document["skipped"]:
+            typer.echo(f"category {item['category_id']}: skipped, {item['reason']}")
+        typer.echo(f"results in {out / 'aliases.json'}; apply an alias with: mlx-alias segment --weights {weights} "
+                   f"--image IMAGE --aliases {out / 'aliases.json'} --category ID")
 
-    run_guarded(action)
+    def interrupted() -> str:
+        if (out / "run.json").is_file():
+            return f"interrupted; the run in {out} can be resumed: run the same command with --resume"
+        return "interrupted"
+
+    run_guarded(action, interrupted)
 
 
 @app.command()
@@ -175,14 +188,17 @@ class SplitName(str, Enum):
 def evaluate(
     weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
     dataset: Path = typer.Option(..., "--dataset", help="COCO annotation file, or a folder holding one and the images."),
-    aliases: Path = typer.Option(None, "--aliases", help="aliases.json from a search (scored with the natural labels)."),
-    prompt: list[str] = typer.Option(None, "--prompt", help="A plain prompt to score instead (repeatable)."),
+    aliases: Path = typer.Option(None, "--aliases", help="aliases.json from a search (scored with the natural labels "
+                                 "and any --prompt, on each alias's own split, at its threshold)."),
+    prompt: list[str] = typer.Option(None, "--prompt", help="A plain prompt to score (repeatable)."),
     split: SplitName = typer.Option(SplitName.holdout, "--split", help="Which images: the split's train, holdout, or all."),
     images: Path = typer.Option(None, "--images", help="Image folder, if not found beside the annotations."),
     categories: str = typer.Option(None, "--categories", help="With --prompt: comma-separated category ids (default: all)."),
     holdout: float = typer.Option(0.25, "--holdout", min=0.0, max=0.95, help="Holdout fraction, when the split is not in the alias file."),
     seed: int = typer.Option(0, "--seed", help="Split seed, when the split is not in the alias file."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is a predicted instance."),
+    threshold: float = typer.Option(None, "--threshold", min=0.0, max=1.0,
+                                    help="Official score above which a query is a predicted instance (default: the "
+                                    "alias file's, else 0.5)."),
     batch: int = typer.Option(8, "--batch", min=0, help="(candidate, image) pairs per grounding call; 0 (MLX only): "
                               "as many as fit in half the free memory (measured)."),
     backend: Backend = typer.Option(Backend.mlx, "--backend", help="mlx, or torch (the reference; needs --checkpoint)."),
@@ -190,20 +206,36 @@ def evaluate(
     cache: Path = typer.Option(Path.home() / ".cache" / "mlx-alias", "--cache", help="Image feature cache folder (MLX)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
-    """Score aliases (and the natural labels) or plain prompts on a dataset split."""
+    """Score aliases (with the natural labels) and plain prompts on a dataset split."""
 
     def action() -> None:
         from mlx_alias.data.coco import load_dataset
-        from mlx_alias.search.evaluate import evaluate as run, read_aliases
+        from mlx_alias.search.alias_file import load_alias_file
+        from mlx_alias.search.cache import weights_fingerprint
+        from mlx_alias.search.evaluate import check_aliases, evaluate as run
         from mlx_alias.search.objective import ObjectiveConfig, prepare_target
+        from mlx_alias.segment import text_ids
         from mlx_alias.tokenizer import load_tokenizer
 
-        if (aliases is None) == (not prompt):
-            raise ValueError("give either --aliases FILE or --prompt TEXT (repeatable), not both or neither")
+        if aliases is None and not prompt:
+            raise ValueError("give --aliases FILE, --prompt TEXT (repeatable), or both")
+        for text in prompt or []:
+            text_ids(text)  # refuses blank and over-long prompts
         data = load_dataset(dataset, images)
         tokenizer = load_tokenizer()
-        entries = read_aliases(aliases, data, tokenizer) if aliases else None
-        objective = ObjectiveConfig(threshold=threshold)
+        alias_file = load_alias_file(aliases, tokenizer) if aliases else None
+        objective = ObjectiveConfig(threshold=0.5 if threshold is None else threshold)
+        if alias_file is not None:
+            check_aliases(alias_file, data)
+            if alias_file.threshold is not None:
+                objective = ObjectiveConfig(threshold=alias_file.threshold if threshold is None else threshold,
+                                            negative_penalty=alias_file.negative_penalty)
+            if alias_file.weights_sha256 not in (None, weights_fingerprint(weights, cache)):
+                typer.echo(f"note: {weights} are not the weights the aliases were searched with; scores may differ",
+                           err=True)
+            if alias_file.annotations_sha256 not in (None, data.annotations_sha256):
+                typer.echo(f"note: the annotations differ from those the aliases were searched on; "
+                           "the recorded splits name image ids of those", err=True)
         if backend is Backend.torch:
             if checkpoint is None:
                 raise ValueError("--backend torch needs --checkpoint (the PyTorch weights)")
@@ -231,7 +263,8 @@ def evaluate(
             def make_scorer(cid: int, ids: list[int]):
                 return scorer_for(model, feature_cache, data, cid, ids, objective, pairs)
 
-        chosen = _categories(categories, data) if categories else None
+        chosen = _categories(categories)
+        entries = alias_file.aliases if alias_file else None
         rows = run(data, tokenizer, make_scorer, which=split.value, aliases=entries, prompts=prompt or None,
                    categories=chosen, holdout_fraction=holdout, seed=seed)
         for row in rows:

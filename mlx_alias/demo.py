@@ -140,13 +140,14 @@ def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report
     search = SearchConfig(lengths=(len(load_tokenizer().encode(HIDDEN_PROMPT)),), budget=budget,
                           holdout_fraction=0.34, seed=seed, objective=ObjectiveConfig(threshold=threshold))
     echo(f"4/4 searching ({search.lengths[0]}-token aliases, {budget} evaluations)")
-    entries = run_search(model, cache, dataset, out / "run", search, sorted(dataset.categories), echo=echo, report=report)
+    document = run_search(model, cache, dataset, out / "run", search, echo=echo, report=report)
+
     def make_scorer(cid: int, ids: list[int]):
         return scorer_for(model, cache, dataset, cid, ids, search.objective, search.pairs_per_batch)
 
-    rows = evaluate(dataset, load_tokenizer(), make_scorer, which="holdout", aliases=entries)
-    hidden = evaluate(dataset, load_tokenizer(), make_scorer, which="holdout", prompts=[HIDDEN_PROMPT],
-                      holdout_fraction=search.holdout_fraction, seed=seed)
-    alias = entries[0]
-    return {"alias": alias["text"], "tokens": alias["tokens"], "alias_holdout": rows[0].score,
-            "hidden_holdout": hidden[0].score, "evaluations": alias["evaluations"], "threshold": threshold, "margin": margin}
+    # the alias and the hidden prompt on the alias's own holdout images
+    alias_row, hidden_row = evaluate(dataset, load_tokenizer(), make_scorer, which="holdout",
+                                     aliases=document["aliases"], prompts=[HIDDEN_PROMPT])
+    alias = document["aliases"][0]
+    return {"alias": alias["text"], "tokens": alias["tokens"], "alias_holdout": alias_row.score,
+            "hidden_holdout": hidden_row.score, "evaluations": alias["evaluations"], "threshold": threshold, "margin": margin}

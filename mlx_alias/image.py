@@ -44,8 +44,12 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         v = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
         return _gray((v * 255 + 32767) // 65535)  # exact rounding: 65535 is odd, no ties
     if im.mode == "F":
-        # Arbitrary floats: read as 0..255 like Pillow's convert("L"), but rounded, not truncated.
+        # Floats are conventionally 0..1 (a float TIFF from most tools): scaled to 0..255 when
+        # every value lies in that range; other floats are read on 0..255 as Pillow's
+        # convert("L") reads them, but rounded, not truncated.
         v = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0)
+        if v.size and 0.0 <= v.min() and v.max() <= 1.0:
+            v = v * 255.0
         return _gray(np.rint(np.clip(v, 0, 255)))
     if im.mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in im.info:
         return _over_white(np.asarray(im.convert("RGBA"), dtype=np.uint32))

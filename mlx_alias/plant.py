@@ -63,11 +63,14 @@ def plant(model: Sam3, images: Path, prompt: Prompt, out: Path, *, threshold: fl
     text = model.encode_text(mx.array(prompt.ids))
     coco = {"images": [], "annotations": [], "categories": [{"id": CATEGORY_ID, **({"name": name} if name else {})}]}
     positives = crowd_only = 0
+    low, high = np.inf, -np.inf  # the hidden prompt's official scores, for a threshold to suggest
     for image_id, path in enumerate(progress(files, len(files), "planting"), start=1):
         rgb = load_image(path)
         height, width = rgb.shape[:2]
         features = model.encode_image(mx.array(preprocess(rgb, model.cfg.vision.image_size)[None]))
         grounded = model.ground(features, text)
+        scores = np.array(grounded.scores[0])
+        low, high = min(low, float(scores.min())), max(high, float(scores.max()))
         found = instances(grounded.scores[0], grounded.boxes[0], grounded.masks[0], height, width, threshold - margin)
         found = [inst for inst in found if inst.mask.any()]
         clear = [inst for inst in found if inst.score > threshold + margin][:max_instances]
@@ -83,6 +86,10 @@ def plant(model: Sam3, images: Path, prompt: Prompt, out: Path, *, threshold: fl
                 "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
                 "score": round(inst.score, 4),
             })
+    if not positives:
+        raise ValueError(f"the hidden prompt predicts no instance above the threshold {threshold:g} + margin {margin:g} "
+                         f"on any of the {len(files)} images (its official scores range from {low:.4g} to {high:.4g}); "
+                         f"try a --threshold below {high - margin:.4g}")
     hidden = {"prompt": prompt.text, "tokens": prompt.content, "threshold": threshold, "margin": margin,
               "max_instances": max_instances}
     with atomic_directory(out, overwrite=overwrite) as staging:

@@ -16,7 +16,7 @@ from .files import atomic_write, atomic_write_bytes
 from .image import load_image, preprocess
 from .model.sam3 import Sam3
 from .postprocess import Instance, instances
-from .tokenizer import load_tokenizer
+from .tokenizer import CONTEXT_LENGTH, load_tokenizer
 
 # Distinct, readable colours for up to ten instances, then repeating.
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -34,13 +34,28 @@ class Prompt:
         return row[1: row.index(load_tokenizer().eot_id)]
 
 
+def text_ids(text: str) -> np.ndarray:
+    """A typed prompt's framed ids [1, context]; refused when blank or longer than SAM3 reads
+    (the tokenizer would cut it silently, as sam3 does)."""
+    tokenizer = load_tokenizer()
+    if not text.strip():
+        raise ValueError("the prompt is empty")
+    count = len(tokenizer.encode(text))
+    if count > CONTEXT_LENGTH - 2:
+        raise ValueError(f"the prompt {text[:40]!r}{'...' if len(text) > 40 else ''} is {count} tokens long; "
+                         f"SAM3 reads at most {CONTEXT_LENGTH - 2}")
+    if count == 0:
+        raise ValueError(f"the prompt {text!r} has no tokens after the tokenizer's cleaning")
+    return tokenizer(text)
+
+
 def make_prompt(text: str | None, tokens: str | None) -> Prompt:
     """Exactly one of a text prompt and comma-separated token ids."""
     if (text is None) == (tokens is None):
         raise ValueError("give either --prompt TEXT or --tokens ID,ID,... (exactly one)")
     tokenizer = load_tokenizer()
     if text is not None:
-        return Prompt(tokenizer(text), text)
+        return Prompt(text_ids(text), text)
     try:
         ids = [int(t) for t in tokens.replace(" ", "").split(",") if t]
     except ValueError:

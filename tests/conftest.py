@@ -102,3 +102,21 @@ def scorer(mlx_model):
     none = np.zeros_like(box)
     targets = [MaskTarget(box[None], none), MaskTarget(np.zeros((0, size, size), bool), none)]
     return Scorer(mlx_model, features, targets, ObjectiveConfig(threshold=0.25, temperature=0.05, mask_temperature=1.0))
+
+
+@pytest.fixture(scope="session")
+def planted(search_weights, search_model, tmp_path_factory) -> tuple[Path, float]:
+    """A dataset planted by ``mlx-alias plant`` with the hidden prompt on 9 synthetic images, at
+    the demo's threshold rule: (dataset folder, threshold)."""
+    from clitools import HIDDEN, run_cli
+    from mlx_alias.demo import planting_rule, synthetic_images
+    from mlx_alias.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("planted")
+    paths = synthetic_images(root / "images", 9, seed=2)  # seed 1: no planting threshold fits (see gap_threshold)
+    threshold, _ = planting_rule(search_model, paths, load_tokenizer()(HIDDEN))
+    result = run_cli("plant", "--weights", search_weights / "mlx", "--images", root / "images", "--prompt", HIDDEN,
+                     "--out", root / "dataset", "--threshold", threshold)
+    assert result.exit_code == 0, result.output
+    return root / "dataset", threshold
+

@@ -9,22 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
-from typer.testing import CliRunner
 
-from mlx_alias.cli import app
-
-runner = CliRunner()
-
-
-def run_cli(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def clean_failure(result, phrase: str) -> None:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and phrase in errors[0], result.output
+from clitools import clean_failure, run_cli
 
 
 def _pattern(height: int, width: int) -> np.ndarray:
@@ -93,6 +79,8 @@ def test_segment_from_token_ids_and_threshold(mlx_weights, tmp_path):
     (["--tokens", "5,x"], "comma-separated integers"),
     (["--tokens", "0,5"], "0 is padding"),
     (["--tokens", "49407"], "start/end"),
+    (["--prompt", " "], "the prompt is empty"),
+    (["--prompt", "dog " * 100], "is 100 tokens long; SAM3 reads at most 30"),
 ])
 def test_segment_bad_prompts(mlx_weights, tmp_path, args, phrase):
     image = tmp_path / "a.png"

@@ -111,10 +111,17 @@ def test_16bit_full_range_not_stretched(tmp_path):
     assert (out == out[..., :1]).all()
 
 
-def test_float_read_as_0_255(tmp_path):
+def test_float_outside_0_1_read_as_0_255(tmp_path):
     f = np.array([[-5.0, 0.4, 100.6, 300.0, np.nan]], np.float32)
     out = _check(load_image(_save(tmp_path, "f.tiff", Image.fromarray(f, "F"))), (1, 5))
     np.testing.assert_array_equal(out[0, :, 0], [0, 0, 101, 255, 0])
+
+
+def test_float_in_0_1_scaled_to_0_255(tmp_path):
+    """A float TIFF in 0..1, as most tools write one: a mid-grey 0.5 is 128, not black."""
+    f = np.array([[0.0, 0.25, 0.5, 1.0, np.nan]], np.float32)
+    out = _check(load_image(_save(tmp_path, "f01.tiff", Image.fromarray(f, "F"))), (1, 5))
+    np.testing.assert_array_equal(out[0, :, 0], [0, 64, 128, 255, 0])
 
 
 def test_cmyk_jpeg(tmp_path):

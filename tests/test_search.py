@@ -7,41 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from mlx_alias.cli import app
+from clitools import HIDDEN, clean_failure, run_cli, search_args
 from mlx_alias.demo import TOP_FRACTION, gap_threshold, planting_rule, synthetic_images
-
-runner = CliRunner()
-HIDDEN = "velvet lantern"
-
-
-def run_cli(*args) -> object:
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def clean_failure(result, phrase: str) -> None:
-    assert result.exit_code != 0 and "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and phrase in errors[0], result.output
-
-
-@pytest.fixture(scope="module")
-def planted(search_weights, search_model, tmp_path_factory) -> tuple[Path, float]:
-    root = tmp_path_factory.mktemp("planted")
-    paths = synthetic_images(root / "images", 9, seed=2)  # seed 1: no planting threshold fits (see gap_threshold)
-    from mlx_alias.tokenizer import load_tokenizer
-
-    threshold, _ = planting_rule(search_model, paths, load_tokenizer()(HIDDEN))
-    result = run_cli("plant", "--weights", search_weights / "mlx", "--images", root / "images", "--prompt", HIDDEN,
-                     "--out", root / "dataset", "--threshold", threshold)
-    assert result.exit_code == 0, result.output
-    return root / "dataset", threshold
-
-
-def search_args(search_weights, dataset, out, threshold, tmp_path, *extra):
-    return ["search", "--weights", search_weights / "mlx", "--dataset", dataset, "--out", out, "--length", 2,
-            "--budget", 120, "--holdout", 0.34, "--threshold", threshold, "--cache", tmp_path / "cache", *extra]
 
 
 def test_plant_writes_a_loadable_dataset(planted):
@@ -169,8 +137,8 @@ def test_search_then_evaluate(search_weights, planted, tmp_path):
     recorded = json.loads((out / "run.json").read_text())["search"]
     assert recorded["soft"]["starts"] == 3
     assert (recorded["objective"]["temperature"], recorded["objective"]["mask_temperature"]) == (None, 0.5)
-    entries = json.loads((out / "aliases.json").read_text())
-    entry = entries[0]
+    document = json.loads((out / "aliases.json").read_text())
+    entry = document["aliases"][0]
     for key in ("category_id", "name", "tokens", "text", "roundtrip", "train_score", "holdout_score", "evaluations"):
         assert key in entry
     blind = not entry["split"]["train_negatives"]  # then the run and its report say so
@@ -180,8 +148,9 @@ def test_search_then_evaluate(search_weights, planted, tmp_path):
     used = entry["lengths"][0]["surrogate_temperatures"]
     assert used["mask"] == 0.5 and 0 < used["score"] < 1  # given, and scaled to the model
     assert entry["evaluations"] <= 120 + 8  # at most one candidate past the budget
+    # the alias file carries the threshold: evaluate re-scores at it unless told another
     scored = run_cli("evaluate", "--weights", search_weights / "mlx", "--dataset", dataset, "--aliases",
-                     out / "aliases.json", "--split", "train", "--threshold", threshold, "--json", "--cache", tmp_path)
+                     out / "aliases.json", "--split", "train", "--json", "--cache", tmp_path)
     assert scored.exit_code == 0, scored.output
     row = json.loads(scored.output.strip().splitlines()[-1])
     assert row["tokens"] == entry["tokens"] and row["score"] == pytest.approx(entry["train_score"], abs=1e-6)
@@ -225,7 +194,7 @@ def test_interrupted_search_resumes_to_the_same_end(search_weights, planted, tmp
 
     monkeypatch.setattr(driver, "save_state", killed_in_the_second_length)
     broken = run_cli(*search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path, *lengths))
-    clean_failure(broken, "interrupted")
+    clean_failure(broken, f"the run in {tmp_path / 'cut'} can be resumed: run the same command with --resume")
     assert not (tmp_path / "cut" / "aliases.json").exists()
     monkeypatch.setattr(driver, "save_state", original)
     resumed = run_cli(*search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path, *lengths, "--resume"))
@@ -233,7 +202,7 @@ def test_interrupted_search_resumes_to_the_same_end(search_weights, planted, tmp
     a = json.loads((tmp_path / "whole" / "aliases.json").read_text())
     b = json.loads((tmp_path / "cut" / "aliases.json").read_text())
     assert a == b
-    entry = a[0]
+    entry = a["aliases"][0]
     assert [e["length"] for e in entry["lengths"]] == [2, 1]
     assert entry["train_score"] == max(e["train_score"] for e in entry["lengths"])
     assert entry["evaluations"] == sum(e["evaluations"] for e in entry["lengths"])
@@ -260,7 +229,8 @@ def test_search_bad_input(search_weights, planted, tmp_path):
 def test_evaluate_bad_alias_files(search_weights, planted, tmp_path):
     dataset, threshold = planted
     cases = {"[1, 2": "not JSON", '[{"category_id": 9, "tokens": [5]}]': "category 9",
-             '[{"category_id": 1, "tokens": [0, 5]}]': "vocabulary", '{"a": 1}': "not a list"}
+             '[{"category_id": 1, "tokens": [0, 5]}]': "vocabulary", '{"a": 1}': "not an mlx-alias alias file",
+             '{"format": "mlx-alias.aliases/2", "aliases": [], "objective": {}}': "records no threshold"}
     for text, phrase in cases.items():
         path = tmp_path / "aliases.json"
         path.write_text(text)
@@ -272,6 +242,6 @@ def test_demo(tmp_path):
     result = run_cli("demo", "--out", tmp_path / "demo", "--budget", 60)
     assert result.exit_code == 0, result.output
     assert "hidden prompt" in result.output
-    assert json.loads((tmp_path / "demo" / "run" / "aliases.json").read_text())[0]["evaluations"] <= 60 + 8
+    assert json.loads((tmp_path / "demo" / "run" / "aliases.json").read_text())["aliases"][0]["evaluations"] <= 60 + 8
     planted = json.loads((tmp_path / "demo" / "dataset" / "plant.json").read_text())
     assert planted["margin"] > 0  # near-threshold queries are planted as crowd regions

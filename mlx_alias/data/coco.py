@@ -27,6 +27,7 @@ every image file's header (upright, as ``load_image`` returns it) and fills in m
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -79,9 +80,10 @@ class Target:
 class Dataset:
     """A loaded and checked COCO dataset; made by ``load_dataset``."""
 
-    def __init__(self, annotation_file: Path, image_root: Path, data: dict):
+    def __init__(self, annotation_file: Path, image_root: Path, data: dict, annotations_sha256: str):
         self.annotation_file = annotation_file
         self.image_root = image_root
+        self.annotations_sha256 = annotations_sha256  # of the bytes these annotations were read from
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             self._coco = COCO()
             self._coco.dataset = data
@@ -164,13 +166,13 @@ class Dataset:
 
 def resolve(path: Path, images: Path | None = None) -> tuple[Path, Path]:
     """(annotation file, image root) of a dataset path, by the rules in the module docstring."""
-    annotation_file, data = _read(Path(path))
+    annotation_file, data, _ = _read(Path(path))
     return annotation_file, _image_root(annotation_file, data, images)
 
 
 def load_dataset(path: Path, images: Path | None = None) -> Dataset:
     """Find, read and check a COCO dataset; every problem is a one-sentence ``DatasetError``."""
-    annotation_file, data = _read(Path(path))
+    annotation_file, data, digest = _read(Path(path))
     root = _image_root(annotation_file, data, images)
     _check_files(data["images"], root)
     sizes = {i["id"]: (i["height"], i["width"]) for i in data["images"]}
@@ -178,17 +180,19 @@ def load_dataset(path: Path, images: Path | None = None) -> Dataset:
         problem = _segmentation_problem(ann.get("segmentation"), *sizes[ann["image_id"]])
         if problem:
             raise DatasetError(f"annotation {ann['id']} {problem}")
-    return Dataset(annotation_file, root, data)
+    return Dataset(annotation_file, root, data, digest)
 
 
-def _read(path: Path) -> tuple[Path, dict]:
+def _read(path: Path) -> tuple[Path, dict, str]:
+    """(annotation file, its JSON, the sha256 of its bytes)."""
     path = path.absolute()  # so that "<json dir>/.." means something for a bare file name
     if path.is_dir():
         path = _annotation_file(path)
     elif not path.exists():
         raise DatasetError(f"dataset {path} does not exist")
     try:
-        data = json.loads(path.read_bytes())
+        raw = path.read_bytes()
+        data = json.loads(raw)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path} is not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from e
     except UnicodeDecodeError as e:
@@ -200,7 +204,7 @@ def _read(path: Path) -> tuple[Path, dict]:
         keys = "key" if len(missing) == 1 else "keys"
         raise DatasetError(f"{path} is not a COCO annotation file (it has no {_listing(missing, quote=True)} {keys})")
     _check_structure(data)
-    return path, data
+    return path, data, hashlib.sha256(raw).hexdigest()
 
 
 def _annotation_file(folder: Path) -> Path:

@@ -99,6 +99,7 @@ class FeatureCache:
         if memory_items < 0:
             raise ValueError(f"memory_items must not be negative, got {memory_items}")
         self.model = model
+        self.weights_dir = Path(weights_dir)
         self.memory_items = memory_items
         self.stats = CacheStats()
         self._memory: OrderedDict[str, list[mx.array]] = OrderedDict()

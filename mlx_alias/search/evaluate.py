@@ -1,13 +1,12 @@
-"""``mlx-alias evaluate``: the search objective for given aliases (with the natural labels) or
-plain prompts, on a category's train or holdout images or all of them. Any scorer backend
-serves (MLX, or the PyTorch reference), so an alias found in MLX can be re-scored in torch."""
+"""``mlx-alias evaluate``: the search objective for given aliases (with the natural labels and
+any plain prompts, on each alias's own split) or plain prompts alone, on a category's train or
+holdout images or all of them. Any scorer backend serves (MLX, or the PyTorch reference), so
+an alias found in MLX can be re-scored in torch."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +14,7 @@ from mlx_alias.data.coco import Dataset
 from mlx_alias.data.split import Split, split_category
 from mlx_alias.tokenizer import Tokenizer
 
+from .alias_file import AliasFile
 from .phase import ids_of
 from .scorer import ExactScorer
 
@@ -30,24 +30,11 @@ class Row:
     score: float
 
 
-def read_aliases(path: Path, dataset: Dataset, tokenizer: Tokenizer) -> list[dict]:
-    """``aliases.json`` as ``search`` writes it, checked against the dataset and vocabulary."""
-    try:
-        entries = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ValueError(f"cannot read the alias file {path}: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"the alias file {path} is not JSON (line {exc.lineno} column {exc.colno})") from exc
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and "category_id" in e and "tokens" in e for e in entries):
-        raise ValueError(f"the alias file {path} is not a list of entries with category_id and tokens")
-    for e in entries:
+def check_aliases(aliases: AliasFile, dataset: Dataset) -> None:
+    """Every alias's category is in the dataset."""
+    for e in aliases.aliases:
         if e["category_id"] not in dataset.categories:
-            raise ValueError(f"the alias file {path} names category {e['category_id']}, which the dataset lacks")
-        try:
-            tokenizer.from_content_ids(e["tokens"])
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"the alias of category {e['category_id']} does not fit these weights' vocabulary: {exc}") from exc
-    return entries
+            raise ValueError(f"the alias file {aliases.path} names category {e['category_id']}, which the dataset lacks")
 
 
 def split_images(split: Split, which: str) -> list[int]:
@@ -59,9 +46,9 @@ def split_images(split: Split, which: str) -> list[int]:
 def evaluate(dataset: Dataset, tokenizer: Tokenizer, make_scorer: Callable[[int, list[int]], ExactScorer], *,
              which: str, aliases: list[dict] | None = None, prompts: list[str] | None = None,
              categories: list[int] | None = None, holdout_fraction: float = 0.25, seed: int = 0) -> list[Row]:
-    """One row per (category, candidate): the aliases with their categories' natural labels,
-    or every prompt on every chosen category. An alias entry's own split is used when it has
-    one (as ``search`` records it), else the seeded split."""
+    """One row per (category, candidate): each alias with its category's natural label and
+    the ``prompts``, on the alias entry's own split (as ``search`` records it); without
+    aliases, every prompt on every chosen category, on the seeded split."""
     if which not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}, not {which!r}")
     if aliases is None:
@@ -84,8 +71,7 @@ def evaluate(dataset: Dataset, tokenizer: Tokenizer, make_scorer: Callable[[int,
             name = dataset.categories[category_id].name
             if name:
                 candidates.append((name, tokenizer(name)))
-        else:
-            candidates = [(p, tokenizer(p)) for p in prompts or []]
+        candidates += [(p, tokenizer(p)) for p in prompts or []]
         if not candidates:
             raise ValueError("give --aliases FILE or at least one --prompt TEXT")
         scorer = make_scorer(category_id, images)

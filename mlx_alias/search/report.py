@@ -3,6 +3,9 @@ side-by-side overlays (ground truth | natural label | alias) on a few holdout im
 
 from __future__ import annotations
 
+import json
+import re
+import unicodedata
 from pathlib import Path
 
 import mlx.core as mx
@@ -92,26 +95,50 @@ def _score(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def write_report(model: Sam3, dataset: Dataset, entries: list[dict], threshold: float, run_dir: Path) -> Path:
+def markdown_text(text: str) -> str:
+    """Text as it can stand in a markdown table: control and format characters written as JSON
+    escapes (a raw carriage return breaks the table), markdown's own characters backslashed."""
+    visible = "".join(json.dumps(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
+                      for ch in text)
+    return re.sub(r"([\\`*_{}\[\]<>()#+\-.!|~])", r"\\\1", visible)
+
+
+def apply_hint(entry: dict) -> str:
+    """How to apply an alias: by the alias file and its category, or by its tokens."""
+    tokens = ",".join(str(t) for t in entry["tokens"])
+    how = (f"`mlx-alias segment --weights WEIGHTS --image IMAGE --aliases aliases.json --category {entry['category_id']}` "
+           f"(or `--tokens {tokens}`)")
+    if entry["roundtrip"]:
+        return f"Apply: {how}; its text re-tokenizes to the same tokens, so it can be typed as a prompt too."
+    return f"Apply: {how}. Its text does not re-tokenize to these tokens: apply it by its tokens, not its text."
+
+
+def write_report(model: Sam3, dataset: Dataset, document: dict, run_dir: Path) -> Path:
+    """``report.md`` and its ``figures/`` for ``aliases.json``'s contents (``document``)."""
+    threshold = document["objective"]["threshold"]
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
     lines = ["# Alias search report", "",
-             f"Dataset `{dataset.annotation_file}`; objective threshold {threshold} (see the README: "
+             f"Dataset {markdown_text(document['dataset']['path'])}; objective threshold {threshold} (see the README: "
              "IoU-weighted F-score on positive images minus half the false-positive rate on negatives).", ""]
-    for entry in entries:
+    if any("\ufffd" in e["text"] for e in document["aliases"]):
+        lines += ["In alias texts, \ufffd stands for token bytes that are not a whole UTF-8 character.", ""]
+    for entry in document["aliases"]:
         cid = entry["category_id"]
-        label = f"category {cid}" + (f" ('{entry['name']}')" if entry.get("name") else "")
+        label = f"category {cid}" + (f" ('{markdown_text(entry['name'])}')" if entry.get("name") else "")
         curve = figures / f"category-{cid}-curve.png"
         curve_png(entry["curve"], curve)
         lines += [f"## {label}", "", "| prompt | tokens | re-tokenizes | train | holdout |", "|---|---|---|---|---|",
-                  f"| alias `{entry['text']}` | {entry['tokens']} | {'yes' if entry['roundtrip'] else 'no'} | "
+                  f"| alias \"{markdown_text(entry['text'])}\" | {entry['tokens']} | {'yes' if entry['roundtrip'] else 'no'} | "
                   f"{_score(entry['train_score'])} | {_score(entry['holdout_score'])} |"]
         if len(entry.get("lengths", [])) > 1:  # the best alias of each searched length
-            lines += [f"| {e['length']}-token best `{e['text']}` | {e['tokens']} | | {_score(e['train_score'])} | |"
-                      for e in entry["lengths"]]
+            lines += [f"| {e['length']}-token best \"{markdown_text(e['text'])}\" | {e['tokens']} | | "
+                      f"{_score(e['train_score'])} | |" for e in entry["lengths"]]
         if entry.get("baseline"):
             base = entry["baseline"]
-            lines.append(f"| natural label `{base['text']}` | | | {_score(base['train_score'])} | {_score(base['holdout_score'])} |")
+            lines.append(f"| natural label \"{markdown_text(base['text'])}\" | | | {_score(base['train_score'])} | "
+                         f"{_score(base['holdout_score'])} |")
+        lines += ["", apply_hint(entry)]
         if warning := caution(Split(**entry["split"])):
             lines += ["", f"Caution: {warning}."]
         lines += ["", f"{entry['evaluations']} evaluations. Best training score over the search:", "",
@@ -119,6 +146,11 @@ def write_report(model: Sam3, dataset: Dataset, entries: list[dict], threshold: 
         panels = "ground truth | natural label | alias" if entry.get("name") else "ground truth | alias"
         for path in overlays(model, dataset, entry, threshold, figures):
             lines += [f"Holdout image ({panels}):", "", f"![overlay]({path.relative_to(run_dir)})", ""]
+    if document["skipped"]:
+        lines += ["## Skipped categories", ""]
+        lines += [f"- category {s['category_id']}" + (f" ('{markdown_text(s['name'])}')" if s.get("name") else "")
+                  + f": {s['reason']}." for s in document["skipped"]]
+        lines.append("")
     report = run_dir / "report.md"
     atomic_write_bytes(report, ("\n".join(lines) + "\n").encode())
     return report
