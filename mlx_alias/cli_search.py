@@ -133,7 +133,8 @@ def search(
             typer.echo(f"category {e['category_id']}: {e['text']!r} {e['tokens']} train {e['train_score']:.3f}, "
                        f"holdout {held}{versus}{typed}")
         for item in document["skipped"]:
-            typer.echo(f"category {item['category_id']}: skipped, {item['reason']}")
+            named = f" ({item['name']!r})" if item["name"] else ""
+            typer.echo(f"category {item['category_id']}{named}: skipped, {item['reason']}")
         typer.echo(f"results in {out / 'aliases.json'}; apply an alias with: mlx-alias segment --weights {weights} "
                    f"--image IMAGE --aliases {out / 'aliases.json'} --category ID")
 
