@@ -103,8 +103,9 @@ def test_a_damaged_checkpoint_on_resume_is_one_sentence(search_weights, planted,
     monkeypatch.setattr(driver, "save_state", original)
     (state,) = (tmp_path / "run" / "state").iterdir()
     state.write_bytes(state.read_bytes()[:100])
-    clean_failure(run_cli(*args, "--resume"), f"the checkpoint {state} cannot be read: it is not a whole safetensors file"
-                                              "to restart the 2-token search of category 1 from its beginning")
+    clean_failure(run_cli(*args, "--resume"), f"the checkpoint {state} cannot be read: it is not a whole safetensors "
+                                              "file (truncated, or another kind of file); delete it to restart the "
+                                              "2-token search of category 1 from its beginning")
     state.unlink()
     assert run_cli(*args, "--resume").exit_code == 0
 
