@@ -47,7 +47,7 @@ import numpy as np
 from mlx_alias.config import tiny_config
 from mlx_alias.convert.convert import convert
 from mlx_alias.data.coco import load_dataset
-from mlx_alias.demo import MARGIN_SPREADS, planting_rule, synthetic_images
+from mlx_alias.plant import MARGIN_SPREADS, planting_rule, synthetic_images
 from mlx_alias.model.weights import load_model
 from mlx_alias.plant import plant
 from mlx_alias.reference.build import build_model, shape_tiny, sharpen_scores

@@ -56,7 +56,7 @@ from mlx.utils import tree_flatten
 
 from mlx_alias.config import PRESETS
 from mlx_alias.convert.convert import convert
-from mlx_alias.demo import synthetic_images
+from mlx_alias.plant import synthetic_images
 from mlx_alias.image import load_image, preprocess_batch
 from mlx_alias.model.weights import load_model
 from mlx_alias.reference import runners

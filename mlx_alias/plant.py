@@ -12,6 +12,10 @@ objective neither rewards nor penalises a prediction in them, as COCO's evaluati
 crowds. An image with neither is a negative; one with crowd regions only is neither positive
 nor negative, and no split holds it. The hidden prompt's own score on the dataset is
 therefore 1 wherever it predicted at most ``max_instances``.
+
+For random models, whose scores are not calibrated, ``planting_rule`` picks the threshold
+and margin, and ``synthetic_images`` draws pictures to plant on: the planted benchmark of the
+tests and ``benchmarks/search_quality.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+from PIL import Image, ImageDraw
 
 from .files import atomic_directory, check_target
 from .image import load_image, preprocess
@@ -34,6 +39,75 @@ from .segment import Prompt, rle
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CATEGORY_ID = 1
 MAX_INSTANCES = 5  # per image, best first
+TOP_FRACTION = 0.1  # of the hidden prompt's queries that count as instances
+# The threshold's gap is a few hundredths of a spread wide and unseen images fill it, so queries
+# this close to it are planted as crowd regions rather than decided by a hair.
+MARGIN_SPREADS = 0.1
+
+
+def planting_rule(model, paths: list[Path], ids: np.ndarray, margin_spreads: float = 0.0) -> tuple[float, float]:
+    """The threshold and margin at which to plant the prompt ``ids`` on the images ``paths``.
+
+    Random weights are not calibrated (sam3's 0.5 is for trained ones): the threshold sits in
+    the widest gap between the hidden prompt's sorted official scores over the images, looked
+    for around the 90th percentile (about 2 of 20 queries per image are instances). A plain
+    percentile lands inside a dense run of scores, where whether a query counts is noise; in a
+    gap, planted instances clear it by a margin. The margin (``plant``'s: the queries within it
+    of the threshold become crowd regions) is ``margin_spreads`` times the standard deviation of
+    those scores: the gap is narrow (a few hundredths of it) and unseen images fill it. Plant
+    and search use the same threshold."""
+    text = model.encode_text(mx.array(ids))
+    scores = []
+    for path in paths:
+        features = model.encode_image(mx.array(preprocess(load_image(path), model.cfg.vision.image_size)[None]))
+        scores.append(np.array(model.ground(features, text).scores[0]))
+    return gap_threshold(scores, TOP_FRACTION, MAX_INSTANCES), margin_spreads * float(np.std(np.concatenate(scores)))
+
+
+def gap_threshold(scores: list[np.ndarray], fraction: float, max_instances: int) -> float:
+    """The midpoint of the widest gap between consecutive sorted scores of all images, among
+    the cuts that keep more than half and at most one and a half times ``fraction`` of the
+    scores above them, and at most ``max_instances`` of any one image's: ``plant`` keeps that
+    many per image, so more would make the hidden prompt's own extra queries false positives.
+    Raises ValueError when no cut qualifies."""
+    ranked = np.sort(np.concatenate(scores))[::-1]
+    lo, hi = int(len(ranked) * fraction * 0.5), int(len(ranked) * fraction * 1.5)
+    cuts = (ranked[lo:hi] + ranked[lo + 1:hi + 1]) / 2
+    most = np.array([max(int((image > cut).sum()) for image in scores) for cut in cuts])  # on one image
+    gaps = np.where(most <= max_instances, ranked[lo:hi] - ranked[lo + 1:hi + 1], -np.inf)
+    if not np.isfinite(gaps).any():
+        raise ValueError(f"the hidden prompt's scores leave no cut with {fraction * 50:.0f}-{fraction * 150:.0f}% "
+                         f"of queries above it and at most {max_instances} on any image; try another seed")
+    return float(cuts[int(np.argmax(gaps))])
+
+
+def synthetic_images(folder: Path, count: int, seed: int = 0, first: int = 0) -> list[Path]:
+    """Textured backgrounds with a few filled shapes, of assorted sizes, as PNG files: images
+    ``first`` to ``first + count - 1`` of the seed's stream, so that later images of a stream
+    can be drawn apart from its first ones (a benchmark's unseen test images)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(first + count):
+        height, width = int(rng.integers(96, 200)), int(rng.integers(96, 200))
+        y, x = np.mgrid[0:height, 0:width]
+        phase = rng.uniform(0, 6.28, 3)
+        background = np.stack([127 + 100 * np.sin(x / rng.uniform(5, 30) + phase[c] + y / rng.uniform(8, 40))
+                               for c in range(3)], axis=-1)
+        picture = Image.fromarray(background.clip(0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(picture)
+        for _ in range(int(rng.integers(1, 4))):
+            x0, y0 = int(rng.integers(0, width - 20)), int(rng.integers(0, height - 20))
+            x1, y1 = x0 + int(rng.integers(15, width // 2 + 16)), y0 + int(rng.integers(15, height // 2 + 16))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+        if i < first:
+            continue
+        paths.append(folder / f"synthetic-{i:02d}.png")
+        picture.save(paths[-1])
+    return paths
+
+
 
 
 @dataclass

@@ -83,3 +83,23 @@ def pick_device(requested: str | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def focal_loss_without_triton() -> None:
+    """``sam3.train.loss.loss_fns.sigmoid_focal_loss`` runs a triton kernel unless told
+    ``triton=False``, and its loss classes never tell it: without a GPU (CPU training here,
+    or macOS) the kernel cannot start. Where CUDA is absent the module's function is replaced
+    by the same function with ``triton=False``, its plain-torch branch of the same formula."""
+    if torch.cuda.is_available():
+        return
+    from sam3.train.loss import loss_fns
+
+    original = loss_fns.sigmoid_focal_loss
+    if getattr(original, "__mlx_alias_cpu__", False):
+        return
+
+    def sigmoid_focal_loss(*args, **kwargs):
+        return original(*args, **{**kwargs, "triton": False})
+
+    sigmoid_focal_loss.__mlx_alias_cpu__ = True
+    loss_fns.sigmoid_focal_loss = sigmoid_focal_loss

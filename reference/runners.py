@@ -58,12 +58,12 @@ def token_embeddings(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return encoder.token_embedding(ids.to(encoder.token_embedding.weight.device).long())
 
 
-def ground(model: torch.nn.Module, features: dict, text: TextFeatures,
-           image_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Grounding outputs for B prompts: prompt b against image ``image_index[b]`` (all against
-    image 0 when not given). Returns ``pred_logits`` [B, Q, 1], ``presence_logit_dec`` [B, 1],
-    ``pred_boxes`` [B, Q, 4] (cxcywh, normalised), ``pred_masks`` [B, Q, h, w] and ``scores``
-    [B, Q], the official ``sigmoid(logit) * sigmoid(presence)``."""
+def grounding_outputs(model: torch.nn.Module, features: dict, text: TextFeatures,
+                      image_index: torch.Tensor | None = None, find_target: object = None) -> dict:
+    """sam3's own grounding output dict for B prompts: prompt b against image
+    ``image_index[b]`` (all against image 0 when not given). ``find_target`` (sam3's
+    ``BatchedFindTarget`` fields) is read only when the model is in training mode, which
+    matches the outputs to it (``Sam3Image._compute_matching``)."""
     batch = text.memory.shape[0]
     device = text.memory.device
     if image_index is None:
@@ -80,12 +80,21 @@ def ground(model: torch.nn.Module, features: dict, text: TextFeatures,
         input_points=None, input_points_mask=None,
     )
     with pinned_memory_optional():
-        out = model.forward_grounding(
+        return model.forward_grounding(
             backbone_out=backbone_out,
             find_input=find,
-            find_target=None,
+            find_target=find_target,
             geometric_prompt=model._get_dummy_prompt(num_prompts=batch),
         )
+
+
+def ground(model: torch.nn.Module, features: dict, text: TextFeatures,
+           image_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Grounding outputs for B prompts: prompt b against image ``image_index[b]`` (all against
+    image 0 when not given). Returns ``pred_logits`` [B, Q, 1], ``presence_logit_dec`` [B, 1],
+    ``pred_boxes`` [B, Q, 4] (cxcywh, normalised), ``pred_masks`` [B, Q, h, w] and ``scores``
+    [B, Q], the official ``sigmoid(logit) * sigmoid(presence)``."""
+    out = grounding_outputs(model, features, text, image_index)
     logits = out["pred_logits"]
     presence = out["presence_logit_dec"]
     return {

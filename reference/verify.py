@@ -2,8 +2,8 @@
 report how far apart they are, so that a user can trust their own conversion.
 
 Tolerances are per dtype of the MLX weights; the reference always computes in true fp32.
-fp32 bounds are issue 4's: features <= 1e-4 relative L2, official scores and boxes within 1e-3
-and 1e-4, presence logit within 1e-3, query masks (binarised at logit 0) with mean IoU >=
+fp32 bounds: features and mask logits <= 1e-4 relative L2, official scores and boxes within
+1e-3 and 1e-4, presence logit within 1e-3, query masks (binarised at logit 0) with mean IoU >=
 0.999 and min >= 0.98, and the mask-loss gradient with cosine >= 0.999. Reduced-precision
 bounds follow from what bf16 (8-bit mantissa) and fp16 (11-bit) weights were measured to hold;
 see the README.
@@ -28,6 +28,7 @@ TOLERANCES: dict[str, dict[str, tuple[float, str]]] = {
         "score_max_abs_err": (1e-3, "max"),
         "presence_abs_err": (1e-3, "max"),
         "box_max_abs_err": (1e-4, "max"),
+        "mask_logits_rel_err": (1e-4, "max"),
         "mask_iou_mean": (0.999, "min"),
         "mask_iou_min": (0.98, "min"),
         "grad_cosine": (0.999, "min"),
@@ -38,6 +39,7 @@ TOLERANCES: dict[str, dict[str, tuple[float, str]]] = {
         "score_max_abs_err": (2e-2, "max"),
         "presence_abs_err": (5e-2, "max"),
         "box_max_abs_err": (5e-3, "max"),
+        "mask_logits_rel_err": (1e-2, "max"),
         "mask_iou_mean": (0.98, "min"),
         "mask_iou_min": (0.5, "min"),
         "grad_cosine": (0.98, "min"),
@@ -48,6 +50,7 @@ TOLERANCES: dict[str, dict[str, tuple[float, str]]] = {
         "score_max_abs_err": (1e-1, "max"),
         "presence_abs_err": (2e-1, "max"),
         "box_max_abs_err": (3e-2, "max"),
+        "mask_logits_rel_err": (5e-2, "max"),
         "mask_iou_mean": (0.9, "min"),
         "mask_iou_min": (0.2, "min"),
         "grad_cosine": (0.95, "min"),
@@ -83,8 +86,11 @@ def verify(checkpoint: Path, weights: Path, image: Path, prompt: str,
     figures = {
         "image_features_rel_err": image_part["image_features_rel_err"],
         "text_features_rel_err": text_part["text_features_rel_err"],
-        **{k: grounding[k] for k in ("score_max_abs_err", "presence_abs_err", "box_max_abs_err",
-                                     "mask_iou_mean", "mask_iou_min")},
+        **{k: grounding[k] for k in ("score_max_abs_err", "presence_abs_err", "box_max_abs_err")},
+        # the logits themselves, not only their cut at 0: where every logit has one sign (as on
+        # random full-size weights), every mask covers the whole image and the IoU proves little
+        "mask_logits_rel_err": grounding["masks_rel_err"],
+        **{k: grounding[k] for k in ("mask_iou_mean", "mask_iou_min")},
         "grad_cosine": gradient["grad_cosine"],
     }
     failed = failures(figures, dtype)

@@ -109,7 +109,7 @@ def planted(search_weights, search_model, tmp_path_factory) -> tuple[Path, float
     """A dataset planted by ``mlx-alias plant`` with the hidden prompt on 9 synthetic images, at
     the demo's threshold rule: (dataset folder, threshold)."""
     from clitools import HIDDEN, run_cli
-    from mlx_alias.demo import planting_rule, synthetic_images
+    from mlx_alias.plant import planting_rule, synthetic_images
     from mlx_alias.tokenizer import load_tokenizer
 
     root = tmp_path_factory.mktemp("planted")

@@ -117,9 +117,9 @@ def test_verify_passes_on_its_own_conversion(checkpoints, mlx_weights, photo):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert list(report) == ["image_features_rel_err", "text_features_rel_err", "score_max_abs_err",
-                            "presence_abs_err", "box_max_abs_err", "mask_iou_mean", "mask_iou_min",
+                            "presence_abs_err", "box_max_abs_err", "mask_logits_rel_err", "mask_iou_mean", "mask_iou_min",
                             "grad_cosine", "passed"]
-    assert report["passed"] is True and report["image_features_rel_err"] < 1e-5
+    assert report["passed"] is True and report["image_features_rel_err"] < 1e-5 and report["mask_logits_rel_err"] < 1e-5
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clitools import HIDDEN, clean_failure, run_cli, search_args
-from mlx_alias.demo import TOP_FRACTION, gap_threshold, planting_rule, synthetic_images
+from mlx_alias.plant import TOP_FRACTION, gap_threshold, planting_rule, synthetic_images
 
 
 def test_plant_writes_a_loadable_dataset(planted):

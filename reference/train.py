@@ -1,0 +1,268 @@
+"""Training the reference SAM3 (tiny preset) from random init on the scene world, with SAM3's
+own training forward and losses (``sam3.train``): one-to-one Hungarian matching
+(``BinaryHungarianMatcherV2``, run by the model itself), the decoder's one-to-many queries
+(DAC) with their own matcher (``BinaryOneToManyMatcher``), auxiliary losses on every decoder
+layer, and sigmoid classification with IoU-aware positives and the presence loss
+(``IABCEMdetr``), box L1 and GIoU (``Boxes``) and mask focal and dice (``Masks``), combined by
+``Sam3LossWrapper``, plus the semantic head's per-pixel loss on the union of the caption's
+instances (``SemanticSegCriterion``), with the weights of sam3's training configuration.
+
+Each step draws ``batch`` fresh scenes and ``queries`` captions per scene
+(``scenes.concepts.training_queries``), all from the seed and the step number, so a resumed
+run sees exactly the data an uninterrupted one would. Only the model's top level is in
+training mode (what turns on DAC, the auxiliary outputs and the matching); every layer stays
+in eval mode, so no dropout: the world's data are unlimited. A checkpoint (model, optimizer, step; JSON and safetensors, no pickle) is written
+every ``checkpoint_every`` steps and at the end; the learning curve (losses, seconds, and the
+validation objective of the model's words and of random captions) goes to ``curve.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from types import SimpleNamespace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlx_alias.config import ModelConfig, tiny_config
+from mlx_alias.image import preprocess
+from mlx_alias.scenes.concepts import WORDS, random_pool, training_queries
+from mlx_alias.scenes.world import SIZE, scene
+from mlx_alias.search.objective import ObjectiveConfig, aggregate, area_resize, score_image, MaskTarget
+from mlx_alias.search.run_folder import differences
+from mlx_alias.search.state import load_state, save_state
+from mlx_alias.tokenizer import CONTEXT_LENGTH, Tokenizer, load_tokenizer
+
+from . import runners
+from .build import build_model
+from .compat import focal_loss_without_triton
+
+from sam3.model.box_ops import box_cxcywh_to_xyxy  # noqa: E402
+from sam3.train.loss.loss_fns import Boxes, IABCEMdetr, Masks, SemanticSegCriterion  # noqa: E402
+from sam3.train.loss.sam3_loss import Sam3LossWrapper  # noqa: E402
+from sam3.train.matcher import BinaryHungarianMatcherV2, BinaryOneToManyMatcher  # noqa: E402
+
+focal_loss_without_triton()
+
+STATE = "train_state.safetensors"
+CURVE = "curve.jsonl"
+VALIDATION_SEED = 10**9  # validation scenes come from their own stream, never trained on
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 6000
+    batch: int = 8  # scenes per step
+    queries: int = 4  # captions per scene
+    learning_rate: float = 5e-4
+    warmup: int = 200  # steps of linear warm-up, then cosine decay to a tenth
+    weight_decay: float = 0.01  # not on norms, biases or the token table
+    clip: float = 0.1  # gradient norm, as DETR-style training clips
+    seed: int = 0
+    checkpoint_every: int = 100
+    validate_every: int = 250
+    validation_scenes: int = 24
+
+
+def find_criterion() -> Sam3LossWrapper:
+    """sam3's matchers and find losses with its training configuration's weights."""
+    matcher = BinaryHungarianMatcherV2(focal=True, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2)
+    losses = [
+        Boxes(weight_dict={"loss_bbox": 5.0, "loss_giou": 2.0}),
+        IABCEMdetr(pos_weight=10.0, weight_dict={"loss_ce": 20.0, "presence_loss": 20.0}, weak_loss=False,
+                   alpha=0.25, gamma=2, use_presence=True),
+        Masks(weight_dict={"loss_mask": 200.0, "loss_dice": 10.0}, focal_alpha=0.25, focal_gamma=2),
+    ]
+    # "local": normalised by this process's boxes ("global" all-reduces across processes)
+    return Sam3LossWrapper(losses, normalization="local", matcher=matcher, o2m_matcher=BinaryOneToManyMatcher(),
+                           o2m_weight=2.0, use_o2m_matcher_on_o2m_aux=False,
+                           loss_fn_semantic_seg=SemanticSegCriterion({"loss_semantic_seg": 20.0, "loss_semantic_dice": 10.0}))
+
+
+def _boxes(masks: np.ndarray) -> np.ndarray:
+    """[n, H, W] -> [n, 4] normalised cx, cy, w, h of each mask's bounding box."""
+    out = np.zeros((len(masks), 4), np.float32)
+    for i, mask in enumerate(masks):
+        ys, xs = np.nonzero(mask)
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        out[i] = ((x0 + x1) / 2 / mask.shape[1], (y0 + y1) / 2 / mask.shape[0],
+                  (x1 - x0) / mask.shape[1], (y1 - y0) / mask.shape[0])
+    return out
+
+
+def _frame(tokenizer: Tokenizer, ids: tuple[int, ...]) -> np.ndarray:
+    return tokenizer.from_content_ids(ids, CONTEXT_LENGTH)[0]
+
+
+def batch_at(step: int, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray, mask_size: int) -> dict:
+    """The scenes and captions of a step, with sam3's packed targets for each (scene, caption)."""
+    rng = np.random.default_rng([cfg.seed, step])
+    scenes = [scene(rng) for _ in range(cfg.batch)]
+    ids, image_index, boxes, masks, counts = [], [], [], [], []
+    for i, sc in enumerate(scenes):
+        for query in training_queries(rng, sc.things, cfg.queries, tokenizer, pool):
+            chosen = sc.masks[query.covers]
+            ids.append(_frame(tokenizer, query.ids))
+            image_index.append(i)
+            boxes.append(_boxes(chosen))
+            masks.append(area_resize(chosen, mask_size, mask_size) if len(chosen) else
+                         np.zeros((0, mask_size, mask_size), bool))
+            counts.append(len(chosen))
+    pixels = np.stack([preprocess(sc.image, SIZE) for sc in scenes]).transpose(0, 3, 1, 2)
+    most = max(max(counts), 1)
+    padded = np.zeros((len(counts), most, 4), np.float32)
+    object_ids = np.full((len(counts), most), -1, np.int64)
+    for p, b in enumerate(boxes):
+        padded[p, : len(b)] = b
+        object_ids[p, : len(b)] = np.arange(len(b))
+    packed = torch.from_numpy(np.concatenate(boxes)) if sum(counts) else torch.zeros(0, 4)
+    # sam3's BatchedFindTarget fields, which the model's matching reads (``Sam3Image.back_convert``)
+    find_target = SimpleNamespace(
+        boxes=packed, boxes_padded=torch.from_numpy(padded), num_boxes=torch.tensor(counts),
+        segments=torch.from_numpy(np.concatenate(masks).astype(np.float32)), semantic_segments=None,
+        is_valid_segment=torch.ones(sum(counts), dtype=torch.bool), is_exhaustive=torch.ones(len(counts), dtype=torch.bool),
+        object_ids=torch.from_numpy(object_ids[object_ids >= 0]), object_ids_padded=torch.from_numpy(object_ids))
+    targets = {
+        "boxes": packed, "boxes_xyxy": box_cxcywh_to_xyxy(packed), "boxes_padded": find_target.boxes_padded,
+        "num_boxes": find_target.num_boxes, "object_ids_padded": find_target.object_ids_padded,
+        "is_exhaustive": find_target.is_exhaustive, "masks": find_target.segments,
+        "is_valid_mask": find_target.is_valid_segment,
+    }
+    return {"pixels": torch.from_numpy(np.ascontiguousarray(pixels)), "ids": torch.from_numpy(np.stack(ids)),
+            "image_index": torch.tensor(image_index), "targets": targets, "find_target": find_target}
+
+
+def find_loss(model: torch.nn.Module, batch: dict, criterion: Sam3LossWrapper) -> tuple[torch.Tensor, dict[str, float]]:
+    """sam3's training loss of a batch; the model's top level is put in training mode for it."""
+    model.training, model.matcher = True, criterion.matcher  # DAC, auxiliary outputs, matching
+    try:
+        features = runners.image_features(model, batch["pixels"])
+        text = runners.text_features_from_ids(model, batch["ids"])
+        out = runners.grounding_outputs(model, features, text, batch["image_index"], batch["find_target"])
+    finally:
+        model.training = False
+    losses = criterion.compute_loss(out, batch["targets"])
+    # the semantic head's loss (the caption's union mask per pixel), as Sam3LossWrapper.forward adds it
+    semantic = criterion.loss_fn_semantic_seg(out, batch["targets"])
+    total = losses.pop("core_loss") + semantic.pop("core_loss")
+    losses.update(semantic)
+    return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items() if "aux" not in k}
+
+
+def _groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        (plain if param.ndim < 2 or "token_embedding" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.learning_rate * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
+    return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def validate(model: torch.nn.Module, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray,
+             mask_size: int) -> dict[str, float]:
+    """The project's objective at sam3's threshold 0.5 on unseen scenes: each of the model's
+    words as a category, and random captions from outside its vocabulary."""
+    rng = np.random.default_rng(VALIDATION_SEED + cfg.seed)
+    scenes = [scene(rng) for _ in range(cfg.validation_scenes)]
+    captions = [(word, attribute, value) for attribute, words in WORDS.items() for value, word in words.items()]
+    randoms = [tuple(int(i) for i in rng.choice(pool, 2)) for _ in range(8)]
+    pixels = torch.from_numpy(np.stack([preprocess(sc.image, SIZE) for sc in scenes]).transpose(0, 3, 1, 2).copy())
+    ids = np.stack([_frame(tokenizer, tuple(tokenizer.encode(w))) for w, _, _ in captions]
+                   + [_frame(tokenizer, r) for r in randoms])
+    objective = ObjectiveConfig(threshold=0.5)
+    results: list[list] = [[] for _ in ids]
+    with torch.no_grad():
+        features = runners.image_features(model, pixels)
+        text = runners.text_features_from_ids(model, torch.from_numpy(ids))
+        for i, sc in enumerate(scenes):
+            out = runners.ground(model, features, text, torch.full((len(ids),), i))
+            scores, logits = out["scores"].numpy(), out["pred_masks"].numpy()
+            for c in range(len(ids)):
+                if c < len(captions):
+                    _, attribute, value = captions[c]
+                    covered = sc.masks[[t.value(attribute) == value for t in sc.things]]
+                else:
+                    covered = sc.masks[:0]
+                target = MaskTarget(area_resize(covered, mask_size, mask_size), np.zeros((mask_size, mask_size), bool))
+                results[c].append(score_image(scores[c], logits[c], target, objective))
+    per_word = {captions[c][0]: aggregate(results[c], objective).score for c in range(len(captions))}
+    random_scores = [aggregate(results[len(captions) + r], objective).score for r in range(len(randoms))]
+    return {"words_median": float(np.median(list(per_word.values()))), "random_max": float(max(random_scores)),
+            "random_median": float(np.median(random_scores)), **{f"word/{w}": s for w, s in per_word.items()}}
+
+
+def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
+    optim = optimizer.state_dict()
+    state = {"step": step, "config": asdict(cfg),
+             "model": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+             "optimizer": {"param_groups": [{k: v for k, v in g.items()} for g in optim["param_groups"]],
+                           "state": {str(i): {k: v.cpu().numpy() for k, v in s.items()}
+                                     for i, s in optim["state"].items()}}}
+    save_state(path, state)
+
+
+def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> int:
+    state = load_state(path)
+    changed = differences(state["config"], json.loads(json.dumps(asdict(cfg))))
+    if changed:
+        raise ValueError(f"{path.parent} holds a training run with other settings ({'; '.join(changed)}); "
+                         "resume it with the same ones or train into another folder")
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state["model"].items()})
+    optim = state["optimizer"]
+    optimizer.load_state_dict({"param_groups": optim["param_groups"],
+                               "state": {int(i): {k: torch.from_numpy(np.array(v)) for k, v in s.items()}
+                                         for i, s in optim["state"].items()}})
+    return int(state["step"])
+
+
+def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ModelConfig | None = None,
+          time_limit: float | None = None, until: int | None = None,
+          echo: Callable[[str], None] = print) -> tuple[torch.nn.Module, int]:
+    """Train into ``out`` (created; resumed from its checkpoint if it holds one) until step
+    ``until`` (default ``cfg.steps``) or for ``time_limit`` seconds, whichever comes first;
+    returns the model and the steps done. The schedule is always ``cfg``'s."""
+    torch.manual_seed(cfg.seed)
+    model_cfg = model_cfg or tiny_config()
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model(model_cfg, seed=cfg.seed, device="cpu")
+    optimizer = torch.optim.AdamW(_groups(model, cfg), lr=cfg.learning_rate, betas=(0.9, 0.999))
+    step = _restore(out / STATE, model, optimizer, cfg) if (out / STATE).is_file() else 0
+    if step:
+        echo(f"resumed at step {step}")
+    tokenizer, criterion = load_tokenizer(), find_criterion()
+    pool = random_pool(tokenizer)
+    mask_size = model_cfg.vision.grid * 4
+    started = time.time()
+    with open(out / CURVE, "a") as curve:
+        while step < min(until or cfg.steps, cfg.steps) and (time_limit is None or time.time() - started < time_limit):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, cfg)
+            batch = batch_at(step, cfg, tokenizer, pool, mask_size)
+            tick = time.time()
+            loss, parts = find_loss(model, batch, criterion)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimizer.step()
+            step += 1
+            record = {"step": step, "loss": float(loss), "seconds": time.time() - tick, **parts}
+            if step % cfg.validate_every == 0 or step == cfg.steps:
+                record.update(validate(model, cfg, tokenizer, pool, mask_size))
+                echo(f"step {step}: loss {float(loss):.3f}, words median {record['words_median']:.3f}, "
+                     f"random max {record['random_max']:.3f}")
+            curve.write(json.dumps(record) + "\n")
+            curve.flush()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                _save(out / STATE, model, optimizer, step, cfg)
+    _save(out / STATE, model, optimizer, step, cfg)
+    return model, step

@@ -1,0 +1,50 @@
+"""Train the tiny SAM3 of the scene world and write it as a checkpoint.
+
+    python scripts/train_scenes.py --out runs/train [--steps 4000] [--seed 0] [--hours 2]
+        [--checkpoint OUT_DIR] [--format hf]
+
+Needs the training extra (``pip install -e '.[train]'``: the reference path plus what
+``sam3.train`` imports). Training is resumable: run the same command again and it continues
+from ``--out``'s last checkpoint (every 100 steps), seeing exactly the data an uninterrupted
+run would; ``--hours`` stops it after that much wall-clock, to go on later. When the steps are
+done, ``--checkpoint`` receives the trained model through the project's own writer
+(``model.safetensors`` in the transformers layout with ``--format hf``, or ``sam3.pt``) and its
+``config.json``, ready for ``mlx-alias convert``. The learning curve is ``--out/curve.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from mlx_alias.config import tiny_config
+from mlx_alias.reference.checkpoint import save_checkpoint
+from mlx_alias.reference.train import TrainConfig, train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="training folder (checkpoint, curve.jsonl)")
+    parser.add_argument("--checkpoint", type=Path, help="where to write the trained model once all steps are done")
+    parser.add_argument("--format", choices=("hf", "sam3"), default="hf")
+    parser.add_argument("--hours", type=float, help="stop after this much wall-clock (resume later)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    for field in dataclasses.fields(TrainConfig):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    model, step = train(args.out, cfg, time_limit=None if args.hours is None else args.hours * 3600)
+    if step < cfg.steps:
+        print(f"stopped at step {step} of {cfg.steps}: run the same command again to go on")
+        return
+    if args.checkpoint is not None:
+        path = save_checkpoint(model, tiny_config(), args.checkpoint, args.format)
+        print(f"trained tiny SAM3 ({cfg.steps} steps, seed {cfg.seed}) -> {path}")
+
+
+if __name__ == "__main__":
+    main()
