@@ -59,7 +59,7 @@ from mlx_alias.search.objective import ObjectiveConfig
 from mlx_alias.search.phase import ids_of
 from mlx_alias.search.scorer import ReencodingScorer
 from mlx_alias.search.task import category_task, scorer_for
-from mlx_alias.segment import make_prompt
+from mlx_alias.prediction import make_prompt
 from mlx_alias.tokenizer import load_tokenizer
 
 METHODS = {

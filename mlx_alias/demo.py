@@ -35,7 +35,7 @@ def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report
     from .search.objective import ObjectiveConfig
     from .search.run import run_search
     from .search.task import scorer_for
-    from .segment import make_prompt
+    from .prediction import make_prompt
     from .tokenizer import load_tokenizer
 
     try:

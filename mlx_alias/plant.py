@@ -32,9 +32,8 @@ from PIL import Image, ImageDraw
 from .files import atomic_directory, check_target
 from .image import load_image, preprocess
 from .model.sam3 import Sam3
-from .postprocess import instances
+from .prediction import Prompt, instances, rle
 from .progress import progress
-from .segment import Prompt, rle
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CATEGORY_ID = 1

@@ -27,19 +27,24 @@ from .compat import pick_device
 FORMATS = ("sam3", "hf")
 
 
-def save_checkpoint(model: torch.nn.Module, cfg: ModelConfig, out_dir: Path, fmt: str = "sam3") -> Path:
-    """Write ``sam3.pt`` or ``model.safetensors`` (+ ``config.json``) into ``out_dir``."""
+def save_checkpoint(model: torch.nn.Module, cfg: ModelConfig, out_dir: Path, fmt: str = "sam3",
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``sam3.pt`` or ``model.safetensors`` (+ ``config.json``) into ``out_dir``, its
+    floating-point tensors in ``dtype`` when given (e.g. float16 to ship a small file)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "config.json", (json.dumps(to_hf(cfg), indent=2) + "\n").encode())
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
     if fmt == "sam3":
         prefix = PREFIXES[SAM3][0]
-        state = {prefix + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        state = {prefix + k: v for k, v in weights.items()}
         path = out_dir / "sam3.pt"
         atomic_write(path, lambda tmp: torch.save(state, tmp))
         return path
     if fmt == "hf":
-        hf, _ = sam3_to_hf({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+        hf, _ = sam3_to_hf({k: v.numpy() for k, v in weights.items()})
         tensors = {f"detector_model.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in sorted(hf.items())}
         path = out_dir / "model.safetensors"
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))

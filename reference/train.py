@@ -56,11 +56,12 @@ VALIDATION_SEED = 10**9  # validation scenes come from their own stream, never t
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 6000
+    steps: int = 4500  # about two hours on 2 CPU cores (1.5 s a step)
     batch: int = 8  # scenes per step
     queries: int = 4  # captions per scene
-    learning_rate: float = 5e-4
-    warmup: int = 200  # steps of linear warm-up, then cosine decay to a tenth
+    # 1e-3: 2e-3 fell back in its first 200 steps (semantic mIoU 0.011 against 0.096 at step 200)
+    learning_rate: float = 1e-3
+    warmup: int = 100  # steps of linear warm-up, then cosine decay to a tenth
     weight_decay: float = 0.01  # not on norms, biases or the token table
     clip: float = 0.1  # gradient norm, as DETR-style training clips
     seed: int = 0
@@ -255,10 +256,10 @@ def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ModelConfig | 
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
             step += 1
-            record = {"step": step, "loss": float(loss), "seconds": time.time() - tick, **parts}
+            record = {"step": step, "loss": loss.item(), "seconds": time.time() - tick, **parts}
             if step % cfg.validate_every == 0 or step == cfg.steps:
                 record.update(validate(model, cfg, tokenizer, pool, mask_size))
-                echo(f"step {step}: loss {float(loss):.3f}, words median {record['words_median']:.3f}, "
+                echo(f"step {step}: loss {loss.item():.3f}, words median {record['words_median']:.3f}, "
                      f"random max {record['random_max']:.3f}")
             curve.write(json.dumps(record) + "\n")
             curve.flush()

@@ -9,7 +9,8 @@ from ``--out``'s last checkpoint (every 100 steps), seeing exactly the data an u
 run would; ``--hours`` stops it after that much wall-clock, to go on later. When the steps are
 done, ``--checkpoint`` receives the trained model through the project's own writer
 (``model.safetensors`` in the transformers layout with ``--format hf``, or ``sam3.pt``) and its
-``config.json``, ready for ``mlx-alias convert``. The learning curve is ``--out/curve.jsonl``.
+``config.json``, ready for ``mlx-alias convert`` (``--dtype float16`` halves it, as shipped).
+The learning curve is ``--out/curve.jsonl``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="training folder (checkpoint, curve.jsonl)")
     parser.add_argument("--checkpoint", type=Path, help="where to write the trained model once all steps are done")
     parser.add_argument("--format", choices=("hf", "sam3"), default="hf")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="of the written checkpoint")
     parser.add_argument("--hours", type=float, help="stop after this much wall-clock (resume later)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     for field in dataclasses.fields(TrainConfig):
@@ -42,7 +44,7 @@ def main() -> None:
         print(f"stopped at step {step} of {cfg.steps}: run the same command again to go on")
         return
     if args.checkpoint is not None:
-        path = save_checkpoint(model, tiny_config(), args.checkpoint, args.format)
+        path = save_checkpoint(model, tiny_config(), args.checkpoint, args.format, getattr(torch, args.dtype))
         print(f"trained tiny SAM3 ({cfg.steps} steps, seed {cfg.seed}) -> {path}")
 
 

@@ -187,7 +187,7 @@ def test_search_command_defaults_are_the_configs():
     restate ``SearchConfig``'s: they must not drift apart."""
     import inspect
 
-    from mlx_alias.cli_search import search
+    from mlx_alias.commands.search import command as search
 
     option = {name: p.default.default for name, p in inspect.signature(search).parameters.items()}
     cfg = SearchConfig()

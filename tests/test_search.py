@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,7 +86,7 @@ def test_plant_margin_leaves_near_threshold_queries_to_crowd_regions(search_weig
     from mlx_alias.search.cache import FeatureCache
     from mlx_alias.search.objective import ObjectiveConfig
     from mlx_alias.search.task import scorer_for
-    from mlx_alias.segment import make_prompt
+    from mlx_alias.prediction import make_prompt
 
     dataset, threshold = planted
     hidden = make_prompt(HIDDEN, None)

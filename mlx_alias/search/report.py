@@ -8,17 +8,14 @@ import re
 import unicodedata
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 from PIL import Image, ImageDraw
 
 from mlx_alias.data.coco import Dataset
 from mlx_alias.data.split import Split, caution
 from mlx_alias.files import atomic_write, atomic_write_bytes
-from mlx_alias.image import preprocess
 from mlx_alias.model.sam3 import Sam3
-from mlx_alias.postprocess import Instance, instances
-from mlx_alias.segment import overlay
+from mlx_alias.prediction import Instance, overlay, predict
 from mlx_alias.tokenizer import load_tokenizer
 
 from .phase import ids_of
@@ -52,12 +49,6 @@ def curve_png(curve: list[tuple[int, float]], path: Path) -> None:
     atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
-def _predicted(model: Sam3, rgb: np.ndarray, ids: np.ndarray, threshold: float) -> list[Instance]:
-    pixels = mx.array(preprocess(rgb, model.cfg.vision.image_size)[None])
-    grounded = model.ground(model.encode_image(pixels), model.encode_text(mx.array(ids)))
-    return instances(grounded.scores[0], grounded.boxes[0], grounded.masks[0], *rgb.shape[:2], threshold)
-
-
 def _truth(dataset: Dataset, image_id: int, category_id: int) -> list[Instance]:
     masks = dataset.targets(image_id, category_id).masks
     return [Instance(1.0, _box(m), m) for m in masks]
@@ -80,8 +71,8 @@ def overlays(model: Sam3, dataset: Dataset, entry: dict, threshold: float, folde
         rgb = dataset.image(image_id)
         panels = [overlay(rgb, _truth(dataset, image_id, entry["category_id"]))]
         if name:
-            panels.append(overlay(rgb, _predicted(model, rgb, tokenizer(name), threshold)))
-        panels.append(overlay(rgb, _predicted(model, rgb, alias_ids, threshold)))
+            panels.append(overlay(rgb, predict(model, rgb, tokenizer(name), threshold)))
+        panels.append(overlay(rgb, predict(model, rgb, alias_ids, threshold)))
         sheet = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
         for i, panel in enumerate(panels):
             sheet.paste(panel, (i * panel.width, 0))

@@ -1,21 +1,21 @@
-"""``mlx-alias segment``: one image, one prompt (text or raw token ids) -> an overlay PNG of the
-instances above a threshold and a JSON of their scores, boxes and RLE masks."""
+"""Prediction and drawing: the prompt as ids, one image's instances as sam3's processor makes
+them (queries whose official score passes a threshold, boxes scaled to the image, mask logits
+upsampled bilinearly and cut at logit 0), and their overlay and RLE. ``segment``, the report,
+``plant`` and the demo all predict through here."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
+from functools import lru_cache
 
 import mlx.core as mx
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from .files import atomic_write, atomic_write_bytes
-from .image import load_image, preprocess
+from .image import preprocess
+from .model.decoder import cxcywh_to_xyxy
 from .model.sam3 import Sam3
-from .postprocess import Instance, instances
 from .tokenizer import CONTEXT_LENGTH, load_tokenizer
 
 # Distinct, readable colours for up to ten instances, then repeating.
@@ -63,9 +63,60 @@ def make_prompt(text: str | None, tokens: str | None) -> Prompt:
     return Prompt(tokenizer.from_content_ids(ids), None)
 
 
-def run(model: Sam3, rgb: np.ndarray, prompt: Prompt, threshold: float) -> list[Instance]:
+@lru_cache(maxsize=64)
+def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """[size_out, size_in] weights of torch's bilinear interpolation, align_corners=False,
+    no antialiasing (``F.interpolate(mode="bilinear")``, which sam3 uses for masks)."""
+    # torch's rounding: a float32 scale, the source position computed in double and stored as
+    # float32 (``area_pixel_compute_source_index``), so that masks match sam3's to the last bit
+    scale = np.float64(np.float32(size_in) / np.float32(size_out))
+    src = np.maximum(scale * (np.arange(size_out) + 0.5) - 0.5, 0.0).astype(np.float32)
+    low = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    frac = np.clip(src - low.astype(np.float32), 0, 1)
+    matrix = np.zeros((size_out, size_in), dtype=np.float32)
+    np.add.at(matrix, (np.arange(size_out), low), 1.0 - frac)
+    np.add.at(matrix, (np.arange(size_out), high), frac)
+    return matrix
+
+
+def resize_bilinear(x: mx.array, height: int, width: int) -> mx.array:
+    """Resize the last two axes of ``x`` [..., H, W]; two matmuls, so it is differentiable
+    and runs on every MLX backend."""
+    rows = mx.array(_bilinear_matrix(x.shape[-2], height)).astype(x.dtype)
+    cols = mx.array(_bilinear_matrix(x.shape[-1], width)).astype(x.dtype)
+    return rows @ x @ cols.T
+
+
+@dataclass
+class Instance:
+    score: float
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in original-image pixels
+    mask: np.ndarray  # [H, W] bool at the original image size
+
+
+def instances(scores: mx.array, boxes: mx.array, mask_logits: mx.array, height: int, width: int,
+              threshold: float = 0.5) -> list[Instance]:
+    """One prompt's queries -> the instances whose score exceeds ``threshold``, best first.
+    ``scores`` [Q], ``boxes`` [Q, 4] (cxcywh, normalised), ``mask_logits`` [Q, h, w]."""
+    keep = np.flatnonzero(np.array(scores.astype(mx.float32)) > threshold)
+    if keep.size == 0:
+        return []
+    keep = keep[np.argsort(-np.array(scores.astype(mx.float32))[keep], kind="stable")]
+    index = mx.array(keep)
+    scale = mx.array([width, height, width, height], dtype=mx.float32)
+    pixels = np.array(cxcywh_to_xyxy(boxes[index].astype(mx.float32)) * scale)
+    masks = np.array(resize_bilinear(mask_logits[index].astype(mx.float32), height, width) > 0)
+    values = np.array(scores[index].astype(mx.float32))
+    return [Instance(float(s), tuple(float(v) for v in b), m) for s, b, m in zip(values, pixels, masks)]
+
+
+def predict(model: Sam3, rgb: np.ndarray, prompt: Prompt | np.ndarray, threshold: float = 0.5) -> list[Instance]:
+    """The instances of ``prompt`` (a ``Prompt`` or framed ids [1, context]) in an RGB uint8
+    image, best first, at the image's own size."""
+    ids = prompt.ids if isinstance(prompt, Prompt) else prompt
     pixels = mx.array(preprocess(rgb, model.cfg.vision.image_size)[None])
-    grounding = model.ground(model.encode_image(pixels), model.encode_text(mx.array(prompt.ids)))
+    grounding = model.ground(model.encode_image(pixels), model.encode_text(mx.array(ids)))
     height, width = rgb.shape[:2]
     return instances(grounding.scores[0], grounding.boxes[0], grounding.masks[0], height, width, threshold)
 
@@ -89,34 +140,3 @@ def overlay(rgb: np.ndarray, found: list[Instance]) -> Image.Image:
 def rle(mask: np.ndarray) -> dict:
     encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
-
-
-def report(image: Path, rgb: np.ndarray, prompt: Prompt, threshold: float, found: list[Instance]) -> dict:
-    tokenizer = load_tokenizer()
-    return {
-        "image": str(image),
-        "height": int(rgb.shape[0]),
-        "width": int(rgb.shape[1]),
-        "prompt": prompt.text,
-        "tokens": prompt.content,
-        "decoded": tokenizer.decode(prompt.content),
-        "threshold": threshold,
-        "instances": [
-            {"score": inst.score, "box_xyxy": [round(v, 2) for v in inst.box], "mask_rle": rle(inst.mask)}
-            for inst in found
-        ],
-    }
-
-
-def segment(model: Sam3, image: Path, prompt: Prompt, out_png: Path, threshold: float = 0.5) -> dict:
-    """Write ``out_png`` and the JSON beside it (same name, .json); return the JSON object."""
-    if out_png.suffix.lower() != ".png":
-        raise ValueError(f"--out must name a .png file, got {out_png}")
-    if not out_png.parent.is_dir():
-        raise ValueError(f"the folder of --out does not exist: {out_png.parent}")
-    rgb = load_image(image)
-    found = run(model, rgb, prompt, threshold)
-    result = report(image, rgb, prompt, threshold, found)
-    atomic_write(out_png, lambda tmp: overlay(rgb, found).save(tmp, format="PNG"))
-    atomic_write_bytes(out_png.with_suffix(".json"), (json.dumps(result, indent=1) + "\n").encode())
-    return result

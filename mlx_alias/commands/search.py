@@ -1,0 +1,87 @@
+"""``mlx-alias search``: the alias search over a dataset's categories, into a run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+
+from .console import CACHE, Dtype, category_ids, console, load_weights
+
+
+def command(
+    weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
+    dataset: Path = typer.Option(..., "--dataset", help="COCO annotation file, or a folder holding one and the images."),
+    out: Path = typer.Option(..., "--out", help="Run folder (results, report, checkpoints)."),
+    images: Path = typer.Option(None, "--images", help="Image folder, if not found beside the annotations."),
+    categories: str = typer.Option(None, "--categories", help="Comma-separated category ids (default: all)."),
+    lengths: list[int] = typer.Option([4], "--length", min=1, max=30,
+                                      help="Alias length in tokens; repeat to search several (the best is kept)."),
+    budget: int = typer.Option(6000, "--budget", min=1,
+                               help="Exact evaluations (candidate x training image) per category and length."),
+    holdout: float = typer.Option(0.25, "--holdout", min=0.0, max=0.95, help="Fraction of images held out per category."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and of the search."),
+    batch: int = typer.Option(8, "--batch", min=0, help="(candidate, image) pairs per grounding call; 0: as many as fit "
+                              "in half the free memory (measured; larger batches prune raced candidates later)."),
+    dtype: Dtype = typer.Option(None, "--dtype", help="Compute dtype (default: the weights' dtype)."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is a predicted instance."),
+    roundtrip_only: bool = typer.Option(False, "--roundtrip-only", help="Only aliases whose text re-tokenizes to the same ids."),
+    phases: str = typer.Option("soft,evolution,gcg", "--phases",
+                               help="Comma-separated search phases in order, among concept, soft, evolution, gcg."),
+    soft_starts: int = typer.Option(8, "--soft-starts", min=1,
+                                    help="Soft prompts the soft phase climbs side by side, from the best starts "
+                                    "(each costs one surrogate gradient per step)."),
+    score_temperature: float = typer.Option(None, "--score-temperature", min=1e-6,
+                                            help="Width of the surrogate's soft score threshold (default: an eighth "
+                                            "of the model's score spread on random aliases)."),
+    mask_temperature: float = typer.Option(None, "--mask-temperature", min=1e-6,
+                                           help="The surrogate's masks are sigmoid(logit / this) (default: a fifth "
+                                           "of the model's median |mask logit| on random aliases)."),
+    cache: Path = typer.Option(CACHE, "--cache", help="Image feature cache folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT."),
+) -> None:
+    """Search SAM3's token space for the alias that best reproduces each category's masks."""
+
+    def action() -> None:
+        from mlx_alias.data.coco import load_dataset
+        from mlx_alias.search.cache import FeatureCache
+        from mlx_alias.search.driver import SearchConfig
+        from mlx_alias.search.objective import ObjectiveConfig
+        from mlx_alias.search.run import run_search
+
+        cfg = SearchConfig(lengths=tuple(dict.fromkeys(lengths)), budget=budget, holdout_fraction=holdout, seed=seed, pairs_per_batch=batch,
+                           roundtrip_only=roundtrip_only,
+                           objective=ObjectiveConfig(threshold=threshold, temperature=score_temperature,
+                                                     mask_temperature=mask_temperature))
+        cfg = dataclasses.replace(cfg, soft=dataclasses.replace(cfg.soft, starts=soft_starts))
+        cfg = cfg.with_phases(tuple(p.strip() for p in phases.split(",")))
+        data = load_dataset(dataset, images)
+        model = load_weights(weights, dtype)
+        feature_cache = FeatureCache(model, weights, cache)
+
+        def show(p) -> None:
+            console.status(f"{p.category} length {p.length} {p.phase:9s} {p.evaluations}/{p.budget} evaluations, best {p.best:.3f}")
+
+        document = run_search(model, feature_cache, data, out, cfg, category_ids(categories), resume,
+                              echo=console.say, report=show)
+        console.end_status()
+        for e in document["aliases"]:
+            base = e.get("baseline")
+            versus = f" (natural label {base['holdout_score']:.3f})" if base and base["holdout_score"] is not None else ""
+            held = "n/a" if e["holdout_score"] is None else f"{e['holdout_score']:.3f}"
+            typed = "" if e["roundtrip"] else " (its text does not re-tokenize to these tokens: apply it by its tokens)"
+            typer.echo(f"category {e['category_id']}: {e['text']!r} {e['tokens']} train {e['train_score']:.3f}, "
+                       f"holdout {held}{versus}{typed}")
+        for item in document["skipped"]:
+            named = f" ({item['name']!r})" if item["name"] else ""
+            typer.echo(f"category {item['category_id']}{named}: skipped, {item['reason']}")
+        typer.echo(f"results in {out / 'aliases.json'}; apply an alias with: mlx-alias segment --weights {weights} "
+                   f"--image IMAGE --aliases {out / 'aliases.json'} --category ID")
+
+    def interrupted() -> str:
+        if (out / "run.json").is_file():
+            return f"interrupted; the run in {out} can be resumed: run the same command with --resume"
+        return "interrupted"
+
+    console.guarded(action, interrupted)

@@ -1,0 +1,66 @@
+"""The tiny SAM3 trained on the scene world, as shipped: its provenance, its conversion, MLX
+against the reference on it, and that it knows its words."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clitools import run_cli
+from mlx_alias.scenes.concepts import CONCEPTS, random_pool
+from mlx_alias.scenes.weights import SHIPPED, convert_shipped
+from mlx_alias.scenes.world import scene
+
+
+@pytest.fixture(scope="module")
+def shipped_weights(tmp_path_factory):
+    return convert_shipped(tmp_path_factory.mktemp("shipped") / "weights")
+
+
+def test_provenance_names_the_file():
+    provenance = json.loads((SHIPPED / "PROVENANCE.json").read_text())
+    digest = hashlib.sha256((SHIPPED / "model.safetensors").read_bytes()).hexdigest()
+    assert provenance["model.safetensors"]["sha256"] == digest
+    assert provenance["command"].startswith("python scripts/train_scenes.py") and "seed" in provenance
+
+
+def test_mlx_matches_the_reference_on_the_shipped_weights(shipped_weights, tmp_path):
+    """fp32 bounds: the reference loads the float16 file into float32, the converter upcasts it,
+    so both compute in float32 on the same values."""
+    pytest.importorskip("sam3")
+    image = tmp_path / "scene.png"
+    Image.fromarray(scene(11).image).save(image)
+    for prompt in ("honeycomb", "small striped violet star"):
+        result = run_cli("verify", "--checkpoint", SHIPPED, "--weights", shipped_weights, "--image", image,
+                         "--prompt", prompt, "--json", "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output.strip().splitlines()[-1])
+        assert report["passed"] and report["mask_logits_rel_err"] < 1e-4, report
+
+
+def test_a_trained_word_segments_its_concept_better_than_random_words(shipped_weights, tmp_path):
+    from mlx_alias.data.coco import load_dataset
+    from mlx_alias.model.weights import load_model
+    from mlx_alias.scenes.dataset import write_dataset
+    from mlx_alias.search.cache import FeatureCache
+    from mlx_alias.search.objective import ObjectiveConfig
+    from mlx_alias.search.phase import ids_of
+    from mlx_alias.search.task import scorer_for
+    from mlx_alias.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    named = [c for c in CONCEPTS if c.family == "named"]
+    write_dataset(tmp_path / "data", named, 16, seed=3)
+    data = load_dataset(tmp_path / "data")
+    model = load_model(shipped_weights)
+    cache = FeatureCache(model, shipped_weights, None)
+    rng = np.random.default_rng(0)
+    randoms = [tuple(int(i) for i in rng.choice(random_pool(tokenizer), 2)) for _ in range(4)]
+    for category_id, concept in enumerate(named, start=1):
+        scorer = scorer_for(model, cache, data, category_id, sorted(data.images), ObjectiveConfig(threshold=0.5), 8)
+        word, *others = [r.score for r in scorer.exact(ids_of(tokenizer, [tuple(tokenizer.encode(concept.oracle))] + randoms))]
+        assert word > 0.5 and word > max(others) + 0.3, (concept.label, word, others)
