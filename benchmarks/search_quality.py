@@ -47,27 +47,26 @@ import numpy as np
 from mlx_alias.config import tiny_config
 from mlx_alias.convert.convert import convert
 from mlx_alias.data.coco import load_dataset
-from mlx_alias.plant import MARGIN_SPREADS, planting_rule, synthetic_images
 from mlx_alias.model.weights import load_model
-from mlx_alias.plant import plant
+from mlx_alias.plant import MARGIN_SPREADS, plant, planting_rule, synthetic_images
+from mlx_alias.prediction import make_prompt
 from mlx_alias.reference.build import build_model, shape_tiny, sharpen_scores
 from mlx_alias.reference.checkpoint import save_checkpoint
 from mlx_alias.search.cache import FeatureCache
-from mlx_alias.search.discrete import EvolutionConfig
 from mlx_alias.search.driver import SearchConfig, search_category
 from mlx_alias.search.objective import ObjectiveConfig
 from mlx_alias.search.phase import ids_of
-from mlx_alias.search.scorer import ReencodingScorer
 from mlx_alias.search.task import category_task, scorer_for
-from mlx_alias.prediction import make_prompt
 from mlx_alias.tokenizer import load_tokenizer
+
+from baselines import SEED_STYLE, ReencodingScorer
 
 METHODS = {
     "full": {},
     "soft only": {"phases": ("soft",), "shares": (1.0,)},
     "gcg only": {"phases": ("gcg",), "shares": (1.0,)},
     "evolution only": {"phases": ("evolution",), "shares": (1.0,)},
-    "seed-style": {"phases": ("evolution",), "shares": (1.0,), "evolution": EvolutionConfig.seed_style()},
+    "seed-style": {"phases": ("evolution",), "shares": (1.0,), "evolution": SEED_STYLE},
 }
 
 

@@ -66,9 +66,11 @@ from mlx_alias.reference.parity import nchw
 from mlx_alias.reference.scoring import TorchScorer
 from mlx_alias.search.objective import CROWD_SHARE, MaskTarget, ObjectiveConfig, prepare_target
 from mlx_alias.search.phase import ids_of
-from mlx_alias.search.scorer import DenseTargets, ExactScorer, ReencodingScorer, Scorer
+from mlx_alias.search.scorer import DenseTargets, ExactScorer, Scorer
 from mlx_alias.search.soft import CompiledGradient, surrogate_state
 from mlx_alias.tokenizer import load_tokenizer
+
+from baselines import ReencodingScorer
 
 CANDIDATE_LENGTH = 3  # content tokens per random candidate
 GB = 1e9

@@ -16,6 +16,7 @@ import numpy as np
 
 from mlx_alias.config import ModelConfig
 from mlx_alias.files import atomic_directory, check_target
+from mlx_alias.model.weights import CONFIG, WEIGHTS
 from mlx_alias.progress import progress
 from mlx_alias.tokenizer import DEFAULT_VOCAB
 
@@ -24,8 +25,6 @@ from .layouts import LayoutError, key_listing, hf_to_mlx, sam3_to_hf
 from .sources import SAM3, Checkpoint, CheckpointError, open_checkpoint
 
 DTYPES = ("float32", "bfloat16", "float16")
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 VOCAB = DEFAULT_VOCAB.name
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 from mlx_alias.config import tiny_config
 
 warnings.filterwarnings("ignore", module="sam3")  # sam3 warns about CUDA autocast at import
+# The benchmarks import their baselines (benchmarks/baselines.py) by name, as when run as scripts.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def _reference():

@@ -231,7 +231,8 @@ def test_racing_changes_no_decision(world, make):
 
 
 def test_seed_style_scores_one_neighbour_mutant_at_a_time(world):
-    seed = EvolutionConfig.seed_style()
+    from baselines import SEED_STYLE as seed
+
     assert (seed.population, seed.neighbour_fraction, seed.batch_evaluation, seed.race) == (20, 1.0, False, False)
     context, starts = world
     ctx = context()

@@ -11,7 +11,7 @@ from mlx_alias.plant import synthetic_images
 from mlx_alias.model.text import TextFeatures
 from mlx_alias.image import load_image, preprocess_batch
 from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, aggregate, calibrate, score_image
-from mlx_alias.search.scorer import Pruned, ReencodingScorer, Scorer
+from mlx_alias.search.scorer import Pruned, Scorer
 from mlx_alias.tokenizer import load_tokenizer
 
 CFG = ObjectiveConfig(temperature=0.05, mask_temperature=1.0)  # the surrogate's, fixed
@@ -95,6 +95,8 @@ def test_reencoding_scorer_scores_as_the_cached_scorer(search_model, tmp_path):
     assert any(t.masks.shape[0] for t in targets)  # something to match
     ids = load_tokenizer()(["a red car", "velvet lantern"])
     cached = Scorer(search_model, features, targets, CFG).exact(ids)
+    from baselines import ReencodingScorer
+
     reencoding = ReencodingScorer(search_model, paths, targets, CFG)
     fresh = reencoding.exact(ids)
     assert reencoding.evaluations == 6

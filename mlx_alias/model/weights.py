@@ -1,5 +1,6 @@
-"""Load converted MLX weights into the model, strictly: every missing, unexpected or
-mis-shaped tensor is named before anything runs."""
+"""How the MLX model is stored and loaded: a folder with ``model.safetensors`` (transformers
+names, MLX layouts) and ``config.json`` (every size), which ``mlx-alias convert`` writes. Loading
+is strict: every missing, unexpected or mis-shaped tensor is named before anything runs."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_alias.config import ModelConfig
-from mlx_alias.convert.convert import CONFIG, WEIGHTS
-from mlx_alias.convert.layouts import key_listing
 
 from .sam3 import Sam3
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
 
 # MLX's CPU allocator keeps at most 32 MB of freed buffers for reuse (its default cache limit):
 # every larger activation (one full-size vision MLP's is 98 MB) is mapped afresh, page-faulted
@@ -40,22 +42,27 @@ class WeightsError(ValueError):
     """Weights that do not fit the model; the message is one sentence."""
 
 
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(sorted(keys)[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
 def check_weights(model: nn.Module, weights: dict[str, mx.array]) -> None:
     """Raise a WeightsError naming every missing, unexpected and mis-shaped tensor."""
     expected = {key: value.shape for key, value in tree_flatten(model.parameters())}
     given = weights
     problems = []
     if missing := sorted(set(expected) - set(given)):
-        problems.append(f"{len(missing)} missing ({key_listing(missing)})")
+        problems.append(f"{len(missing)} missing ({_listing(missing)})")
     if unexpected := sorted(set(given) - set(expected)):
-        problems.append(f"{len(unexpected)} unexpected ({key_listing(unexpected)})")
+        problems.append(f"{len(unexpected)} unexpected ({_listing(unexpected)})")
     misshaped = [
         f"{key} {tuple(given[key].shape)} != {tuple(shape)}"
         for key, shape in sorted(expected.items())
         if key in given and tuple(given[key].shape) != tuple(shape)
     ]
     if misshaped:
-        problems.append(f"{len(misshaped)} mis-shaped ({key_listing(misshaped)})")
+        problems.append(f"{len(misshaped)} mis-shaped ({_listing(misshaped)})")
     if problems:
         raise WeightsError("the weights do not fit the model in config.json: " + "; ".join(problems))
 

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_alias.convert.convert import CONFIG, WEIGHTS
 from mlx_alias.digest import MemoUnwritable, file_digest
 from mlx_alias.files import atomic_write
 from mlx_alias.image import ImageError, load_image, preprocess_batch
 from mlx_alias.model.sam3 import ImageFeatures, Sam3
-from mlx_alias.model.weights import WeightsError
+from mlx_alias.model.weights import CONFIG, WEIGHTS, WeightsError
 from mlx_alias.progress import progress
 
 FORMAT = "mlx_alias.image_features/1"

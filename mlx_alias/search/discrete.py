@@ -5,7 +5,7 @@ gradient with respect to the one-hot token matrix ranks, per position, the token
 should help most; a batch of random swaps among those is scored exactly and the best is kept
 only if it improves (AutoPrompt/ARCA). ``EvolutionPhase`` is a gradient-free genetic search:
 elitism, tournament selection, uniform crossover and mutations to random or embedding-neighbour
-tokens. ``EvolutionConfig.seed_style()`` is the original experiment's baseline GA.
+tokens.
 """
 
 from __future__ import annotations
@@ -184,12 +184,6 @@ class EvolutionConfig:
     # child is scored only until it surely cannot beat the weakest parent (``Scorer.race``).
     # False: generational, the elite plus every child, all scored in full.
     race: bool = True
-
-    @classmethod
-    def seed_style(cls) -> EvolutionConfig:
-        """The original experiment's baseline: embedding-neighbour mutations only, no gradients,
-        candidates scored one at a time."""
-        return cls(population=20, neighbour_fraction=1.0, batch_evaluation=False, race=False)
 
 
 class EvolutionPhase:
