@@ -65,14 +65,14 @@ def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report
     search = SearchConfig(lengths=(len(load_tokenizer().encode(HIDDEN_PROMPT)),), budget=budget,
                           holdout_fraction=0.34, seed=seed, objective=ObjectiveConfig(threshold=threshold))
     echo(f"4/4 searching ({search.lengths[0]}-token aliases, {budget} evaluations)")
-    document = run_search(model, cache, dataset, out / "run", search, echo=echo, report=report)
+    result = run_search(model, cache, dataset, out / "run", search, echo=echo, report=report)
 
     def make_scorer(cid: int, ids: list[int]):
         return scorer_for(model, cache, dataset, cid, ids, search.objective, search.pairs_per_batch)
 
     # the alias and the hidden prompt on the alias's own holdout images
     alias_row, hidden_row = evaluate(dataset, load_tokenizer(), make_scorer, which="holdout",
-                                     aliases=document["aliases"], prompts=[HIDDEN_PROMPT])
-    alias = document["aliases"][0]
-    return {"alias": alias["text"], "tokens": alias["tokens"], "alias_holdout": alias_row.score,
-            "hidden_holdout": hidden_row.score, "evaluations": alias["evaluations"], "threshold": threshold, "margin": margin}
+                                     aliases=result.aliases, prompts=[HIDDEN_PROMPT])
+    alias = result.aliases[0]
+    return {"alias": alias.text, "tokens": list(alias.tokens), "alias_holdout": alias_row.score,
+            "hidden_holdout": hidden_row.score, "evaluations": alias.evaluations, "threshold": threshold, "margin": margin}

@@ -4,6 +4,7 @@ an ``aliases.json`` that is enough to re-score and apply its aliases."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -17,6 +18,7 @@ from PIL import Image
 from clitools import HIDDEN, clean_failure, run_cli, search_args
 from mlx_alias.files import OutputError, atomic_write
 from mlx_alias.search import driver
+from mlx_alias.search.alias_file import Alias
 from mlx_alias.search.run_folder import claim
 from mlx_alias.search.report import apply_hint, markdown_text
 
@@ -131,7 +133,7 @@ def test_the_alias_file_stands_alone(search_weights, planted, finished, tmp_path
     applied = json.loads((tmp_path / "alias.png").with_suffix(".json").read_text())
     assert applied["tokens"] == entry["tokens"] and applied["threshold"] == threshold
     clean_failure(run_cli("segment", "--weights", search_weights / "mlx", "--image", image, "--aliases", aliases,
-                          "--category", 5, "--out", tmp_path / "x.png"), "holds no alias for category 5")
+                          "--category", 5, "--out", tmp_path / "x.png"), "hold no alias for category 5")
 
     # a prompt scored beside the aliases is scored on the run's split, at its threshold
     both = run_cli("evaluate", "--weights", search_weights / "mlx", "--dataset", finished / "dataset", "--aliases",
@@ -148,11 +150,11 @@ def test_report_escapes_alias_text_and_says_how_to_apply_it():
     text = "a|b\r`c`\ufffd"
     shown = markdown_text(text)
     assert "\r" not in shown and "\\|" in shown and "\\`c\\`" in shown and "\\\\r" in shown
-    entry = {"category_id": 4, "tokens": [8848, 40037], "roundtrip": False}
-    hint = apply_hint(entry)
+    alias = Alias(category_id=4, tokens=(8848, 40037), roundtrip=False)
+    hint = apply_hint(alias)
     assert "--aliases aliases.json --category 4" in hint and "--tokens 8848,40037" in hint
     assert "apply it by its tokens, not its text" in hint
-    assert "typed as a prompt" in apply_hint({**entry, "roundtrip": True})
+    assert "typed as a prompt" in apply_hint(dataclasses.replace(alias, roundtrip=True))
 
 
 def _truncate_pixels(path: Path) -> None:

@@ -3,6 +3,7 @@ plain prompts on a dataset split, in MLX or through the PyTorch reference."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from enum import Enum
 from pathlib import Path
@@ -65,14 +66,15 @@ def command(
         objective = ObjectiveConfig(threshold=0.5 if threshold is None else threshold)
         if alias_file is not None:
             check_aliases(alias_file, data)
-            if alias_file.threshold is not None:
-                objective = ObjectiveConfig(threshold=alias_file.threshold if threshold is None else threshold,
-                                            negative_penalty=alias_file.negative_penalty)
-            if alias_file.weights_sha256 not in (None, weights_fingerprint(weights, cache)):
+            recorded = alias_file.result
+            if alias_file.versioned:
+                objective = recorded.objective if threshold is None else dataclasses.replace(recorded.objective,
+                                                                                             threshold=threshold)
+            if recorded.weights.get("sha256") not in (None, weights_fingerprint(weights, cache)):
                 typer.echo(f"note: {weights} are not the weights the aliases were searched with; scores may differ",
                            err=True)
-            if alias_file.annotations_sha256 not in (None, data.annotations_sha256):
-                typer.echo(f"note: the annotations differ from those the aliases were searched on; "
+            if recorded.dataset.get("annotations_sha256") not in (None, data.annotations_sha256):
+                typer.echo("note: the annotations differ from those the aliases were searched on; "
                            "the recorded splits name image ids of those", err=True)
         if backend is Backend.torch:
             if checkpoint is None:
@@ -102,7 +104,7 @@ def command(
                 return scorer_for(model, feature_cache, data, cid, ids, objective, pairs)
 
         chosen = category_ids(categories)
-        entries = alias_file.aliases if alias_file else None
+        entries = alias_file.result.aliases if alias_file else None
         rows = evaluate(data, tokenizer, make_scorer, which=split.value, aliases=entries, prompts=prompt or None,
                    categories=chosen, holdout_fraction=holdout, seed=seed)
         for row in rows:

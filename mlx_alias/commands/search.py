@@ -63,19 +63,19 @@ def command(
         def show(p) -> None:
             console.status(f"{p.category} length {p.length} {p.phase:9s} {p.evaluations}/{p.budget} evaluations, best {p.best:.3f}")
 
-        document = run_search(model, feature_cache, data, out, cfg, category_ids(categories), resume,
+        result = run_search(model, feature_cache, data, out, cfg, category_ids(categories), resume,
                               echo=console.say, report=show)
         console.end_status()
-        for e in document["aliases"]:
-            base = e.get("baseline")
-            versus = f" (natural label {base['holdout_score']:.3f})" if base and base["holdout_score"] is not None else ""
-            held = "n/a" if e["holdout_score"] is None else f"{e['holdout_score']:.3f}"
-            typed = "" if e["roundtrip"] else " (its text does not re-tokenize to these tokens: apply it by its tokens)"
-            typer.echo(f"category {e['category_id']}: {e['text']!r} {e['tokens']} train {e['train_score']:.3f}, "
+        for alias in result.aliases:
+            base = alias.baseline
+            versus = f" (natural label {base.holdout_score:.3f})" if base and base.holdout_score is not None else ""
+            held = "n/a" if alias.holdout_score is None else f"{alias.holdout_score:.3f}"
+            typed = "" if alias.roundtrip else " (its text does not re-tokenize to these tokens: apply it by its tokens)"
+            typer.echo(f"category {alias.category_id}: {alias.text!r} {list(alias.tokens)} train {alias.train_score:.3f}, "
                        f"holdout {held}{versus}{typed}")
-        for item in document["skipped"]:
-            named = f" ({item['name']!r})" if item["name"] else ""
-            typer.echo(f"category {item['category_id']}{named}: skipped, {item['reason']}")
+        for item in result.skipped:
+            named = f" ({item.name!r})" if item.name else ""
+            typer.echo(f"category {item.category_id}{named}: skipped, {item.reason}")
         typer.echo(f"results in {out / 'aliases.json'}; apply an alias with: mlx-alias segment --weights {weights} "
                    f"--image IMAGE --aliases {out / 'aliases.json'} --category ID")
 

@@ -58,7 +58,7 @@ def command(
             if prompt is not None or tokens is not None:
                 raise ValueError("give one of --prompt, --tokens and --aliases")
             alias_file = load_alias_file(aliases, load_tokenizer())
-            chosen = Prompt(load_tokenizer().from_content_ids(alias_file.entry(category)["tokens"]), None)
+            chosen = Prompt(load_tokenizer().from_content_ids(alias_file.entry(category).tokens), None)
             cut = alias_file.threshold if cut is None else cut
         elif category is not None:
             raise ValueError("--category chooses an alias of --aliases FILE")

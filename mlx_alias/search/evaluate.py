@@ -14,7 +14,7 @@ from mlx_alias.data.coco import Dataset
 from mlx_alias.data.split import Split, split_category
 from mlx_alias.tokenizer import Tokenizer
 
-from .alias_file import AliasFile
+from .alias_file import Alias, AliasFile
 from .phase import ids_of
 from .scorer import ExactScorer
 
@@ -32,9 +32,9 @@ class Row:
 
 def check_aliases(aliases: AliasFile, dataset: Dataset) -> None:
     """Every alias's category is in the dataset."""
-    for e in aliases.aliases:
-        if e["category_id"] not in dataset.categories:
-            raise ValueError(f"the alias file {aliases.path} names category {e['category_id']}, which the dataset lacks")
+    for alias in aliases.result.aliases:
+        if alias.category_id not in dataset.categories:
+            raise ValueError(f"the alias file {aliases.path} names category {alias.category_id}, which the dataset lacks")
 
 
 def split_images(split: Split, which: str) -> list[int]:
@@ -44,7 +44,7 @@ def split_images(split: Split, which: str) -> list[int]:
 
 
 def evaluate(dataset: Dataset, tokenizer: Tokenizer, make_scorer: Callable[[int, list[int]], ExactScorer], *,
-             which: str, aliases: list[dict] | None = None, prompts: list[str] | None = None,
+             which: str, aliases: list[Alias] | None = None, prompts: list[str] | None = None,
              categories: list[int] | None = None, holdout_fraction: float = 0.25, seed: int = 0) -> list[Row]:
     """One row per (category, candidate): each alias with its category's natural label and
     the ``prompts``, on the alias entry's own split (as ``search`` records it); without
@@ -54,11 +54,11 @@ def evaluate(dataset: Dataset, tokenizer: Tokenizer, make_scorer: Callable[[int,
     if aliases is None:
         jobs = [(cid, None) for cid in (categories or sorted(dataset.categories))]
     else:
-        jobs = [(e["category_id"], e) for e in aliases]
+        jobs = [(a.category_id, a) for a in aliases]
     rows = []
     for category_id, entry in jobs:
-        if entry is not None and "split" in entry:
-            split = Split(**entry["split"])
+        if entry is not None and entry.split is not None:
+            split = entry.split
         else:
             split = split_category(dataset, category_id, holdout_fraction, seed)
         images = split_images(split, which)
@@ -67,7 +67,7 @@ def evaluate(dataset: Dataset, tokenizer: Tokenizer, make_scorer: Callable[[int,
         # (text, framed ids): an alias's own ids; text exactly as sam3 tokenizes it
         candidates: list[tuple[str, np.ndarray]] = []
         if entry is not None:
-            candidates.append((tokenizer.decode(entry["tokens"]), ids_of(tokenizer, [tuple(entry["tokens"])])))
+            candidates.append((tokenizer.decode(entry.tokens), ids_of(tokenizer, [entry.tokens])))
             name = dataset.categories[category_id].name
             if name:
                 candidates.append((name, tokenizer(name)))

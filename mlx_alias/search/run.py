@@ -21,7 +21,7 @@ from mlx_alias.data.split import caution, describe
 from mlx_alias.model.sam3 import Sam3
 from mlx_alias.tokenizer import load_tokenizer
 
-from .alias_file import ALIASES_FORMAT, alias_document
+from .alias_file import ALIASES_FORMAT, Alias, LabelScore, LengthBest, SearchResult, Skipped
 from .batching import pairs_for
 from .cache import FeatureCache
 from .driver import Progress, SearchConfig, search_category
@@ -30,7 +30,7 @@ from .report import write_report
 from .run_folder import ALIASES, STATE, RunError, claim, recorded_path, write_json
 from .task import category_task
 
-def choose_categories(dataset: Dataset, categories: list[int] | None) -> tuple[list[int], list[dict]]:
+def choose_categories(dataset: Dataset, categories: list[int] | None) -> tuple[list[int], list[Skipped]]:
     """(the categories to search, those skipped with the reason). Named categories must each
     have an instance to learn from (repeats are searched once); of all categories, those with
     none are skipped."""
@@ -46,8 +46,8 @@ def choose_categories(dataset: Dataset, categories: list[int] | None) -> tuple[l
             dataset.check_category(category_id)
             chosen.append(category_id)
         except DatasetError:
-            skipped.append({"category_id": category_id, "name": dataset.categories[category_id].name,
-                            "reason": "it has no instances to learn from (no annotations, or only crowd regions)"})
+            skipped.append(Skipped(category_id, dataset.categories[category_id].name,
+                                   "it has no instances to learn from (no annotations, or only crowd regions)"))
     if not chosen:
         raise RunError("no category of the dataset has an instance to learn from")
     return chosen, skipped
@@ -83,55 +83,46 @@ def _joined_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, floa
     return joined
 
 
-def _finished(document: dict | None, path: Path) -> list[dict]:
+def _finished(document: dict | None, path: Path) -> list[Alias]:
     if document is None:
         return []
-    if not isinstance(document, dict) or document.get("format") != ALIASES_FORMAT or \
-            not isinstance(document.get("aliases"), list):
-        raise RunError(f"{path} is not this run's alias file; remove it to redo the run's finished categories")
-    return document["aliases"]
+    try:
+        if document.get("format") != ALIASES_FORMAT:
+            raise ValueError
+        return SearchResult.from_json(document).aliases
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise RunError(f"{path} is not this run's alias file; remove it to redo the run's finished categories") from None
 
 
-def _entry(task, outcomes, tokenizer) -> dict:
+def _alias(task, outcomes, tokenizer) -> Alias:
     # the best train score; of equals, the shortest alias
     best = max((o.best for o in outcomes), key=lambda c: (c.score, -len(c.tokens)))
-    entry = {
-        "category_id": task.category.id,
-        "name": task.category.name,
-        "tokens": list(best.tokens),
-        "text": tokenizer.decode(best.tokens),
-        "roundtrip": tokenizer.roundtrips(best.tokens),
-        "train_score": best.score,
-        "holdout_score": task.holdout.exact(ids_of(tokenizer, [best.tokens]))[0].score if task.holdout else None,
-        "evaluations": sum(o.evaluations for o in outcomes),
-        "split": dataclasses.asdict(task.split),
-        "curve": _joined_curve([o.curve for o in outcomes]),
-        "lengths": [{"length": len(o.best.tokens), "tokens": list(o.best.tokens),
-                     "text": tokenizer.decode(o.best.tokens), "train_score": o.best.score,
-                     "evaluations": o.evaluations,
-                     "surrogate_temperatures": None if o.surrogate is None else
-                     {"score": o.surrogate.temperature, "mask": o.surrogate.mask_temperature}}
-                    for o in outcomes],
-    }
+    baseline = None
     if task.category.name:
         name = task.category.name
-        entry["baseline"] = {
-            "text": name,
-            "train_score": score_texts(task.train, tokenizer, [name])[0],
-            "holdout_score": score_texts(task.holdout, tokenizer, [name])[0] if task.holdout else None,
-        }
-    return entry
+        baseline = LabelScore(name, score_texts(task.train, tokenizer, [name])[0],
+                              score_texts(task.holdout, tokenizer, [name])[0] if task.holdout else None)
+    return Alias(
+        category_id=task.category.id, tokens=best.tokens, name=task.category.name, text=tokenizer.decode(best.tokens),
+        roundtrip=tokenizer.roundtrips(best.tokens), train_score=best.score,
+        holdout_score=task.holdout.exact(ids_of(tokenizer, [best.tokens]))[0].score if task.holdout else None,
+        baseline=baseline, evaluations=sum(o.evaluations for o in outcomes), split=task.split,
+        curve=tuple(_joined_curve([o.curve for o in outcomes])),
+        lengths=tuple(LengthBest(len(o.best.tokens), o.best.tokens, tokenizer.decode(o.best.tokens), o.best.score,
+                                 o.evaluations, None if o.surrogate is None else
+                                 {"score": o.surrogate.temperature, "mask": o.surrogate.mask_temperature})
+                      for o in outcomes))
 
 
 def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path, cfg: SearchConfig,
                categories: list[int] | None = None, resume: bool = False,
-               echo: Callable[[str], None] = print, report: Callable[[Progress], None] = lambda p: None) -> dict:
+               echo: Callable[[str], None] = print, report: Callable[[Progress], None] = lambda p: None) -> SearchResult:
     """Search each category (all that have instances when ``categories`` is None) into
-    ``run_dir``, or resume the run there; returns ``aliases.json``'s contents."""
+    ``run_dir``, or resume the run there; returns what ``aliases.json`` holds."""
     tokenizer = load_tokenizer()
     chosen, skipped = choose_categories(dataset, categories)
     for item in skipped:
-        echo(f"{dataset.categories[item['category_id']].label}: skipped, {item['reason']}")
+        echo(f"{dataset.categories[item.category_id].label}: skipped, {item.reason}")
     data_print = fingerprint_dataset(dataset)
     with claim(run_dir, resume=resume) as folder:
         recorded = folder.recorded() if resume else None
@@ -146,7 +137,9 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
         else:
             folder.start(settings, data_print)
             entries = []
-        finished = {e["category_id"] for e in entries}
+        finished = {a.category_id for a in entries}
+        result = SearchResult(entries, skipped, cfg.objective, cfg.holdout_fraction, cfg.seed, settings["weights"],
+                              settings["dataset"])
         for category_id in chosen:
             if category_id in finished:
                 continue
@@ -158,12 +151,11 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
             states = [run_dir / STATE / f"{category_id}-{length}.safetensors" for length in cfg.lengths]
             outcomes = [search_category(task, model, tokenizer, cfg, length, state, report)
                         for length, state in zip(cfg.lengths, states)]
-            entries.append(_entry(task, outcomes, tokenizer))
-            write_json(run_dir / ALIASES, alias_document(settings, entries, skipped))
+            result.aliases.append(_alias(task, outcomes, tokenizer))
+            write_json(run_dir / ALIASES, result.to_json())
             for state in states:
                 state.unlink(missing_ok=True)
             mx.clear_cache()
-        document = alias_document(settings, entries, skipped)
-        write_json(run_dir / ALIASES, document)
-        write_report(model, dataset, document, run_dir)
-    return document
+        write_json(run_dir / ALIASES, result.to_json())
+        write_report(model, dataset, result, run_dir)
+    return result
