@@ -190,78 +190,115 @@ def _resumed(saved: dict, ctx: SearchContext) -> tuple[list[tuple[int, float]], 
     return curve, starts, RoundMark(**saved["at"])
 
 
+class CategorySearch:
+    """The search of one category for aliases of one length, as a loop of labelled steps over
+    one state (the context's candidates, the curve, the round mark, the running phase), which
+    is checkpointed whole after every phase step."""
+
+    def __init__(self, task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: SearchConfig, length: int,
+                 state_path: Path | None = None, report: Callable[[Progress], None] = lambda p: None):
+        self.task, self.cfg, self.length, self.state_path, self.report = task, cfg, length, state_path, report
+        allowed = allowed_tokens(tokenizer, cfg.roundtrip_only)
+        # each candidate's round trip is checked once, not at every ranking
+        self.keep = functools.lru_cache(maxsize=None)(tokenizer.roundtrips) if cfg.roundtrip_only else (lambda t: True)
+        self.ctx = SearchContext(model, task.train, tokenizer, allowed, length,
+                                 np.random.default_rng([cfg.seed, task.category.id]))
+        if SURROGATE_PHASES.intersection(cfg.phases):
+            self.ctx.objective = task.train.calibrated(ids_of(tokenizer, _calibration_prompts(cfg, task, allowed, length)))
+        self.saved: dict | None = None  # a checkpoint not yet put back (its phase's state)
+        self.curve: list[tuple[int, float]] = []
+        self.starts: list[Candidate] | None = None
+        self.at = RoundMark(0, 0, 0, 0, -np.inf)
+
+    def _damaged(self, exc: Exception) -> StateError:
+        reason = str(exc) if isinstance(exc, StateError) else \
+            f"the checkpoint {self.state_path} cannot be read: it does not hold this search's state"
+        return StateError(f"{reason}; delete it to restart the {self.length}-token search of "
+                          f"{self.task.category.label} from its beginning")
+
+    def best(self) -> Candidate:
+        return (_top(self.ctx.seen, 1, self.keep) or _top(self.ctx.seen, 1, lambda t: True))[0]
+
+    def start_or_resume(self) -> None:
+        """Step 0: the checkpoint's state, or the first starts (random, and the natural label)."""
+        if self.state_path is not None and self.state_path.is_file():
+            try:
+                self.saved = load_state(self.state_path)
+                self.curve, self.starts, self.at = _resumed(self.saved, self.ctx)
+            except (StateError, KeyError, TypeError, ValueError) as exc:
+                raise self._damaged(exc) from exc
+            return
+        tokenizer, task = self.ctx.tokenizer, self.task
+        task.train.evaluations = 0  # the budget counts this length's evaluations only
+        natural = tokenizer.encode(task.category.name) if task.category.name else []
+        allowed = self.ctx.allowed
+        self.starts = _random_starts(self.ctx, self.cfg, [_fit(natural, self.length, allowed, self.ctx.rng)] if natural else [])
+        self.curve = [(task.train.evaluations, max(c.score for c in self.starts))]
+
+    def open_phase(self, name: str) -> tuple[object, dict]:
+        """The round's next phase, from its starts (or put back as the checkpoint holds it), and
+        the generator state it began from (saved with it, so that a resume rebuilds it alike)."""
+        if self.saved is None:
+            rng_before = self.ctx.rng.bit_generator.state
+            return _phase(name, self.ctx, self.cfg, self.starts), rng_before
+        try:
+            self.ctx.rng.bit_generator.state = self.saved["rng_before_phase"]
+            rng_before = self.ctx.rng.bit_generator.state
+            phase = _phase(name, self.ctx, self.cfg, self.starts)
+            phase.restore(self.saved["phase"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._damaged(exc) from exc
+        self.saved = None
+        return phase, rng_before
+
+    def run_phase(self, name: str, best: Candidate) -> Candidate:
+        """Step the round's current phase until it stops, its share of the budget is spent, or an
+        alias scores perfectly; checkpoint after every step."""
+        cfg, at, task = self.cfg, self.at, self.task
+        # each round shares out what is left of the budget as the first round did
+        limit = at.spent + int((cfg.budget - at.spent) * sum(cfg.shares[: at.phase + 1]))
+        self.ctx.limit = limit
+        phase, rng_before = self.open_phase(name)
+        while not phase.done and task.train.evaluations < limit and best.score < PERFECT:
+            phase.step()
+            best = self.best()
+            if self.curve[-1] != (task.train.evaluations, best.score):  # gradient steps spend nothing
+                self.curve.append((task.train.evaluations, best.score))
+            self.report(Progress(task.category.label, self.length, name, task.train.evaluations, cfg.budget, best.score))
+            if self.state_path is not None:
+                save_state(self.state_path, _checkpoint(self.ctx, self.curve, self.starts, at, rng_before, phase.state()))
+        return best
+
+    def next_phase(self) -> None:
+        """The next phase starts from this round's best, not from earlier rounds' basins."""
+        self.at = dataclasses.replace(self.at, phase=self.at.phase + 1)
+        this_round = {t: self.ctx.seen[t] for t in list(self.ctx.seen)[self.at.seen:]}
+        self.starts = _top(this_round, max(self.cfg.evolution.population, 1), self.keep) or self.starts
+
+    def close_round(self, best: Candidate) -> None:
+        improved = best.score > self.at.best
+        self.at = RoundMark(self.at.round + 1, 0, self.task.train.evaluations, len(self.ctx.seen), best.score,
+                            0 if improved else self.at.stale + 1)
+        self.starts = None
+
+    def run(self) -> Outcome:
+        cfg, train = self.cfg, self.task.train
+        self.start_or_resume()
+        best = self.best()
+        while best.score < PERFECT and train.evaluations < cfg.budget and self.at.stale < cfg.round_patience:
+            if self.starts is None:  # 1. a new round: fresh random starts, away from the last round's basin
+                self.starts = _random_starts(self.ctx, cfg, [])
+            while self.at.phase < len(cfg.phases) and best.score < PERFECT:  # 2. its phases in turn
+                best = self.run_phase(cfg.phases[self.at.phase], best)
+                self.next_phase()
+            self.close_round(best)  # 3. the round's end: did it find a better alias?
+        return Outcome(best, train.evaluations, self.curve, self.at.round, self.ctx.objective)
+
+
 def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: SearchConfig, length: int,
                     state_path: Path | None = None,
                     report: Callable[[Progress], None] = lambda p: None) -> Outcome:
     """Run (or resume, if ``state_path`` holds a checkpoint) the search of one category for
     aliases of ``length`` tokens. A finished search's checkpoint gives back its outcome. A
     checkpoint that cannot be read raises ``StateError`` naming it and how to go on."""
-    allowed = allowed_tokens(tokenizer, cfg.roundtrip_only)
-    # each candidate's round trip is checked once, not at every ranking
-    keep = functools.lru_cache(maxsize=None)(tokenizer.roundtrips) if cfg.roundtrip_only else (lambda t: True)
-    ctx = SearchContext(model, task.train, tokenizer, allowed, length,
-                        np.random.default_rng([cfg.seed, task.category.id]))
-    if SURROGATE_PHASES.intersection(cfg.phases):
-        ctx.objective = task.train.calibrated(ids_of(tokenizer, _calibration_prompts(cfg, task, allowed, length)))
-    label = task.category.label
-    remedy = f"delete it to restart the {length}-token search of {label} from its beginning"
-
-    def damaged(exc: Exception) -> StateError:
-        reason = str(exc) if isinstance(exc, StateError) else f"the checkpoint {state_path} cannot be read: it does not hold this search's state"
-        return StateError(f"{reason}; {remedy}")
-
-    saved = None
-    if state_path is not None and state_path.is_file():
-        try:
-            saved = load_state(state_path)
-            curve, starts, at = _resumed(saved, ctx)
-        except (StateError, KeyError, TypeError, ValueError) as exc:
-            raise damaged(exc) from exc
-    else:
-        task.train.evaluations = 0  # the budget counts this length's evaluations only
-        natural = tokenizer.encode(task.category.name) if task.category.name else []
-        starts = _random_starts(ctx, cfg, [_fit(natural, length, allowed, ctx.rng)] if natural else [])
-        at = RoundMark(0, 0, 0, 0, -np.inf)
-        curve = [(task.train.evaluations, max(c.score for c in starts))]
-
-    def best_so_far() -> Candidate:
-        return (_top(ctx.seen, 1, keep) or _top(ctx.seen, 1, lambda t: True))[0]
-
-    best = best_so_far()
-    while best.score < PERFECT and task.train.evaluations < cfg.budget and at.stale < cfg.round_patience:
-        if starts is None:  # a new round: fresh random starts, away from the basin of the last
-            starts = _random_starts(ctx, cfg, [])
-        while at.phase < len(cfg.phases) and best.score < PERFECT:
-            name = cfg.phases[at.phase]
-            # each round shares out what is left of the budget as the first round did
-            limit = at.spent + int((cfg.budget - at.spent) * sum(cfg.shares[: at.phase + 1]))
-            ctx.limit = limit
-            if saved is not None:
-                try:
-                    ctx.rng.bit_generator.state = saved["rng_before_phase"]
-                    rng_before = ctx.rng.bit_generator.state
-                    phase = _phase(name, ctx, cfg, starts)
-                    phase.restore(saved["phase"])
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise damaged(exc) from exc
-                saved = None
-            else:
-                rng_before = ctx.rng.bit_generator.state
-                phase = _phase(name, ctx, cfg, starts)
-            while not phase.done and task.train.evaluations < limit and best.score < PERFECT:
-                phase.step()
-                best = best_so_far()
-                if curve[-1] != (task.train.evaluations, best.score):  # gradient steps spend nothing
-                    curve.append((task.train.evaluations, best.score))
-                report(Progress(label, length, name, task.train.evaluations, cfg.budget, best.score))
-                if state_path is not None:
-                    save_state(state_path, _checkpoint(ctx, curve, starts, at, rng_before, phase.state()))
-            at = dataclasses.replace(at, phase=at.phase + 1)
-            # the next phase starts from this round's best, not from earlier rounds' basins
-            this_round = {t: ctx.seen[t] for t in list(ctx.seen)[at.seen:]}
-            starts = _top(this_round, max(cfg.evolution.population, 1), keep) or starts
-        improved = best.score > at.best
-        at = RoundMark(at.round + 1, 0, task.train.evaluations, len(ctx.seen), best.score,
-                       0 if improved else at.stale + 1)
-        starts = None
-    return Outcome(best, task.train.evaluations, curve, at.round, ctx.objective)
+    return CategorySearch(task, model, tokenizer, cfg, length, state_path, report).run()
