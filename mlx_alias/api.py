@@ -77,13 +77,13 @@ def load(weights: str | Path, dtype: str | None = None) -> Model:
 def find_aliases(model: Model, dataset: str | Path, config: SearchConfig = SearchConfig(), *,
            out: str | Path | None = None, categories: list[int] | None = None, images: str | Path | None = None,
            resume: bool = False, cache: str | Path | None = DEFAULT_CACHE,
-           echo: Callable[[str], None] = lambda line: None,
            progress: Callable[[Progress], None] = lambda p: None) -> SearchResult:
     """Search ``dataset`` (a COCO annotation file, or a folder holding one) for each category's
     alias (all categories with instances unless ``categories`` names some). ``out`` is the run
     folder (``aliases.json``, the report, checkpoints; ``resume`` continues a run there); without
     it the run lives in a temporary folder, removed once the results are returned. ``cache``
-    keeps image features on disk across runs (None: in memory only)."""
+    keeps image features on disk across runs (None: in memory only). ``progress`` receives every
+    search step's ``Progress``; messages go to the ``mlx_alias`` logger."""
     from .data.coco import load_dataset
     from .search.cache import FeatureCache
     from .search.run import run_search
@@ -92,10 +92,10 @@ def find_aliases(model: Model, dataset: str | Path, config: SearchConfig = Searc
     feature_cache = FeatureCache(model.sam3, model.weights, None if cache is None else Path(cache))
     if out is not None:
         return run_search(model.sam3, feature_cache, data, Path(out), config, categories, resume,
-                          echo=echo, report=progress)
+                          report=progress)
     with tempfile.TemporaryDirectory(prefix="mlx-alias-run.") as folder:
         return run_search(model.sam3, feature_cache, data, Path(folder) / "run", config, categories,
-                          echo=echo, report=progress)
+                          report=progress)
 
 
 def load_aliases(path: str | Path) -> SearchResult:

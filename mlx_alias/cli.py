@@ -7,7 +7,7 @@ from __future__ import annotations
 import typer
 
 from .commands import convert, demo, evaluate, init, plant, search, segment, verify
-from .commands.console import console
+from .commands.console import console, show_library_messages
 
 app = typer.Typer(
     add_completion=False,
@@ -23,6 +23,7 @@ for name, module in (("init", init), ("convert", convert), ("segment", segment),
 @app.callback()
 def main_options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
     console.debug = debug
+    show_library_messages()
 
 
 def main() -> None:

@@ -5,26 +5,29 @@ compared with the hidden prompt's own score on the holdout images."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from .files import atomic_directory
+
+log = logging.getLogger(__name__)
 
 HIDDEN_PROMPT = "velvet lantern"
 IMAGES = 12
 
 
 def demo(out: Path, *, seed: int = 0, budget: int = 1200, overwrite: bool = False,
-         echo: Callable[[str], None] = print, report: Callable = lambda p: None) -> dict:
+         report: Callable = lambda p: None) -> dict:
     """Run the demo into ``out``, built in a temporary folder renamed at the end (so a killed
     demo leaves nothing behind). Returns a summary."""
     with atomic_directory(out, overwrite=overwrite) as staging:
-        summary = _demo(staging, seed, budget, echo, report)
+        summary = _demo(staging, seed, budget, report)
     summary["out"] = str(out)
     return summary
 
 
-def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report: Callable) -> dict:
+def _demo(out: Path, seed: int, budget: int, report: Callable) -> dict:
     from .convert.convert import convert
     from .data.coco import load_dataset
     from .model.weights import load_model
@@ -45,27 +48,27 @@ def _demo(out: Path, seed: int, budget: int, echo: Callable[[str], None], report
     except ImportError as exc:
         raise ImportError(f"demo makes its model through the reference path (pip install 'mlx-alias[reference]'): {exc}") from exc
     cfg = tiny_config()
-    echo(f"1/4 a tiny random SAM3 (seed {seed})")
+    log.info(f"1/4 a tiny random SAM3 (seed {seed})")
     reference = build_model(cfg, seed=seed, device="cpu")
     shape_tiny(reference, seed)
     save_checkpoint(reference, cfg, out / "checkpoint", "sam3")
     convert(out / "checkpoint", out / "weights")
     model = load_model(out / "weights")
-    echo(f"2/4 {IMAGES} synthetic images")
+    log.info(f"2/4 {IMAGES} synthetic images")
     paths = synthetic_images(out / "images", IMAGES, seed)
     hidden_prompt = make_prompt(HIDDEN_PROMPT, None)
     threshold, margin = planting_rule(model, paths, hidden_prompt.ids, MARGIN_SPREADS)
-    echo(f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold + margin:.4g}; "
+    log.info(f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold + margin:.4g}; "
          f"crowd regions: within {margin:.2g} of {threshold:.4g})")
     planted = plant(model, out / "images", hidden_prompt, out / "dataset", threshold=threshold, margin=margin)
-    echo(f"    {planted.positives} of {planted.images} images hold {planted.instances} instances, "
+    log.info(f"    {planted.positives} of {planted.images} images hold {planted.instances} instances, "
          f"{planted.crowd_regions} crowd regions")
     dataset = load_dataset(out / "dataset")
     cache = FeatureCache(model, out / "weights", out / "cache")
     search = SearchConfig(lengths=(len(load_tokenizer().encode(HIDDEN_PROMPT)),), budget=budget,
                           holdout_fraction=0.34, seed=seed, objective=ObjectiveConfig(threshold=threshold))
-    echo(f"4/4 searching ({search.lengths[0]}-token aliases, {budget} evaluations)")
-    result = run_search(model, cache, dataset, out / "run", search, echo=echo, report=report)
+    log.info(f"4/4 searching ({search.lengths[0]}-token aliases, {budget} evaluations)")
+    result = run_search(model, cache, dataset, out / "run", search, report=report)
 
     def make_scorer(cid: int, ids: list[int]):
         return scorer_for(model, cache, dataset, cid, ids, search.objective, search.pairs_per_batch)

@@ -19,10 +19,10 @@ validation objective of the model's words and of random captions) goes to ``curv
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from types import SimpleNamespace
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from sam3.train.matcher import BinaryHungarianMatcherV2, BinaryOneToManyMatcher 
 
 focal_loss_without_triton()
 
+log = logging.getLogger(__name__)
 STATE = "train_state.safetensors"
 CURVE = "curve.jsonl"
 VALIDATION_SEED = 10**9  # validation scenes come from their own stream, never trained on
@@ -227,8 +228,7 @@ def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
 
 
 def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ModelConfig | None = None,
-          time_limit: float | None = None, until: int | None = None,
-          echo: Callable[[str], None] = print) -> tuple[torch.nn.Module, int]:
+          time_limit: float | None = None, until: int | None = None) -> tuple[torch.nn.Module, int]:
     """Train into ``out`` (created; resumed from its checkpoint if it holds one) until step
     ``until`` (default ``cfg.steps``) or for ``time_limit`` seconds, whichever comes first;
     returns the model and the steps done. The schedule is always ``cfg``'s."""
@@ -239,7 +239,7 @@ def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ModelConfig | 
     optimizer = torch.optim.AdamW(_groups(model, cfg), lr=cfg.learning_rate, betas=(0.9, 0.999))
     step = _restore(out / STATE, model, optimizer, cfg) if (out / STATE).is_file() else 0
     if step:
-        echo(f"resumed at step {step}")
+        log.info("resumed at step %d", step)
     tokenizer, criterion = load_tokenizer(), find_criterion()
     pool = random_pool(tokenizer)
     mask_size = model_cfg.vision.grid * 4
@@ -259,8 +259,8 @@ def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ModelConfig | 
             record = {"step": step, "loss": loss.item(), "seconds": time.time() - tick, **parts}
             if step % cfg.validate_every == 0 or step == cfg.steps:
                 record.update(validate(model, cfg, tokenizer, pool, mask_size))
-                echo(f"step {step}: loss {loss.item():.3f}, words median {record['words_median']:.3f}, "
-                     f"random max {record['random_max']:.3f}")
+                log.info("step %d: loss %.3f, words median %.3f, random max %.3f", step, loss.item(),
+                         record["words_median"], record["random_max"])
             curve.write(json.dumps(record) + "\n")
             curve.flush()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:

@@ -26,16 +26,16 @@ def test_training_moves_the_weights_and_resumes_to_the_same_ones(tmp_path):
     from mlx_alias.reference.build import build_model
     from mlx_alias.config import tiny_config
 
-    whole, steps = train(tmp_path / "whole", SMALL, echo=lambda line: None)
+    whole, steps = train(tmp_path / "whole", SMALL)
     assert steps == SMALL.steps
     start = _weights(build_model(tiny_config(), seed=SMALL.seed, device="cpu"))
     trained = _weights(whole)
     assert any(not np.array_equal(start[k], trained[k]) for k in start)
 
     # stopped after 2 steps (a checkpoint), then resumed in a new call: the same weights, bit for bit
-    _, steps = train(tmp_path / "cut", SMALL, until=2, echo=lambda line: None)
+    _, steps = train(tmp_path / "cut", SMALL, until=2)
     assert steps == 2
-    cut, steps = train(tmp_path / "cut", SMALL, echo=lambda line: None)
+    cut, steps = train(tmp_path / "cut", SMALL)
     assert steps == SMALL.steps
     resumed = _weights(cut)
     assert all(np.array_equal(trained[k], resumed[k]) for k in trained)
@@ -45,6 +45,6 @@ def test_training_moves_the_weights_and_resumes_to_the_same_ones(tmp_path):
 
 
 def test_a_resume_with_other_settings_is_refused(tmp_path):
-    train(tmp_path / "run", TrainConfig(**{**SMALL.__dict__, "steps": 2}), echo=lambda line: None)
+    train(tmp_path / "run", TrainConfig(**{**SMALL.__dict__, "steps": 2}))
     with pytest.raises(ValueError, match="other settings \\(steps was 2, now 4\\)"):
-        train(tmp_path / "run", SMALL, echo=lambda line: None)
+        train(tmp_path / "run", SMALL)

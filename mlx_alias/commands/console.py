@@ -3,6 +3,9 @@ progress display on stderr, and the options that mean the same in several comman
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -21,14 +24,17 @@ class Dtype(str, Enum):
 
 
 class Console:
-    """The process's terminal: whether to show tracebacks, and whether a status line is open."""
+    """The process's terminal: whether to show tracebacks, and whether a status line is open.
+    The status line is drawn only where stderr is a terminal; elsewhere only plain lines go out."""
 
     def __init__(self) -> None:
         self.debug = False
         self._status_open = False
 
     def status(self, line: str) -> None:
-        """Rewrite the one-line progress display on stderr."""
+        """Rewrite the one-line progress display on stderr (a terminal only)."""
+        if not sys.stderr.isatty():
+            return
         typer.echo(f"\r{line}   ", nl=False, err=True)
         self._status_open = True
 
@@ -63,6 +69,47 @@ class Console:
 
 
 console = Console()
+
+
+class _ConsoleHandler(logging.Handler):
+    """The library's log lines (the ``mlx_alias`` logger), printed below the status line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        console.say(prefix + record.getMessage())
+
+
+def show_library_messages() -> None:
+    """Send the ``mlx_alias`` logger's messages (info and up) to the terminal, once."""
+    logger = logging.getLogger("mlx_alias")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+    logger.setLevel(logging.INFO)
+
+
+class SearchStatus:
+    """The status line of a search: category k of N, length, phase, evaluations of the budget,
+    best score, elapsed time and the estimated time to the end of this length's budget."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self._mark: tuple[str, int, float] | None = None  # (category and length, evaluations, time) at its start
+
+    def __call__(self, p) -> None:
+        now = time.monotonic()
+        key = f"{p.category}/{p.length}"
+        if self._mark is None or self._mark[0] != key:
+            self._mark = (key, p.evaluations, now)
+        _, first, since = self._mark
+        rate = (p.evaluations - first) / (now - since) if now > since else 0.0
+        eta = f", about {_duration((p.budget - p.evaluations) / rate)} left" if rate > 0 and p.evaluations < p.budget else ""
+        console.status(f"{p.category} ({p.number}/{p.count}) length {p.length} {p.phase:9s} {p.evaluations}/{p.budget} "
+                       f"evaluations, best {p.best:.3f}, {_duration(now - self.started)}{eta}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def load_weights(weights: Path, dtype: Dtype | None = None):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .console import console
+from .console import SearchStatus, console
 
 
 def command(
@@ -20,10 +20,7 @@ def command(
     def action() -> None:
         from mlx_alias.demo import demo
 
-        def show(p) -> None:
-            console.status(f"    {p.phase:9s} {p.evaluations}/{p.budget} evaluations, best train score {p.best:.3f}")
-
-        summary = demo(out, seed=seed, budget=budget, overwrite=overwrite, echo=console.say, report=show)
+        summary = demo(out, seed=seed, budget=budget, overwrite=overwrite, report=SearchStatus())
         console.end_status()
         typer.echo(f"alias {summary['alias']!r} {summary['tokens']}: holdout score {summary['alias_holdout']:.3f} "
                    f"(the hidden prompt: {summary['hidden_holdout']:.3f}) after {summary['evaluations']} evaluations")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .console import CACHE, Dtype, category_ids, console, load_weights
+from .console import CACHE, Dtype, SearchStatus, category_ids, console, load_weights
 
 
 def command(
@@ -60,11 +60,8 @@ def command(
         model = load_weights(weights, dtype)
         feature_cache = FeatureCache(model, weights, cache)
 
-        def show(p) -> None:
-            console.status(f"{p.category} length {p.length} {p.phase:9s} {p.evaluations}/{p.budget} evaluations, best {p.best:.3f}")
-
         result = run_search(model, feature_cache, data, out, cfg, category_ids(categories), resume,
-                              echo=console.say, report=show)
+                            report=SearchStatus())
         console.end_status()
         for alias in result.aliases:
             base = alias.baseline

@@ -96,12 +96,16 @@ class SearchConfig:
 
 @dataclass
 class Progress:
-    category: str
+    """Where a search stands after a step (sent to the progress callback)."""
+
+    category: str  # its label
     length: int
     phase: str
     evaluations: int
     budget: int
-    best: float
+    best: float  # best training score so far
+    number: int = 1  # the category's place in the run, of ``count``
+    count: int = 1
 
 
 @dataclass

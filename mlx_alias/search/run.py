@@ -9,7 +9,9 @@ killed run resumes with ``--resume`` from its last step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from .phase import ids_of
 from .report import write_report
 from .run_folder import ALIASES, STATE, RunError, claim, recorded_path, write_json
 from .task import category_task
+
+log = logging.getLogger(__name__)
 
 def choose_categories(dataset: Dataset, categories: list[int] | None) -> tuple[list[int], list[Skipped]]:
     """(the categories to search, those skipped with the reason). Named categories must each
@@ -53,8 +57,7 @@ def choose_categories(dataset: Dataset, categories: list[int] | None) -> tuple[l
     return chosen, skipped
 
 
-def _with_batch(cfg: SearchConfig, model: Sam3, cache: FeatureCache, dataset: Dataset, recorded: dict | None,
-                echo: Callable[[str], None]) -> SearchConfig:
+def _with_batch(cfg: SearchConfig, model: Sam3, cache: FeatureCache, dataset: Dataset, recorded: dict | None) -> SearchConfig:
     """``pairs_per_batch`` 0 means as many pairs as fit in free memory: measured on the dataset's
     first image, or, on resume, the number the run started with (racing's rounds follow the
     batch, so the same number keeps a resumed search on its course)."""
@@ -64,7 +67,7 @@ def _with_batch(cfg: SearchConfig, model: Sam3, cache: FeatureCache, dataset: Da
     if started:
         return dataclasses.replace(cfg, pairs_per_batch=started)
     pairs = pairs_for(model, cache, dataset)
-    echo(f"{pairs} (candidate, image) pairs per grounding call (measured to fit in half the free memory)")
+    log.info("%d (candidate, image) pairs per grounding call (measured to fit in half the free memory)", pairs)
     return dataclasses.replace(cfg, pairs_per_batch=pairs)
 
 
@@ -114,21 +117,26 @@ def _alias(task, outcomes, tokenizer) -> Alias:
                       for o in outcomes))
 
 
+def _numbered(report: Callable[[Progress], None], number: int, count: int, progress: Progress) -> None:
+    report(dataclasses.replace(progress, number=number, count=count))
+
+
 def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path, cfg: SearchConfig,
                categories: list[int] | None = None, resume: bool = False,
-               echo: Callable[[str], None] = print, report: Callable[[Progress], None] = lambda p: None) -> SearchResult:
+               report: Callable[[Progress], None] = lambda p: None) -> SearchResult:
     """Search each category (all that have instances when ``categories`` is None) into
-    ``run_dir``, or resume the run there; returns what ``aliases.json`` holds."""
+    ``run_dir``, or resume the run there; returns what ``aliases.json`` holds. Messages go to the
+    ``mlx_alias`` logger; ``report`` receives every search step's ``Progress``."""
     tokenizer = load_tokenizer()
     chosen, skipped = choose_categories(dataset, categories)
     for item in skipped:
-        echo(f"{dataset.categories[item.category_id].label}: skipped, {item.reason}")
+        log.info("%s: skipped, %s", dataset.categories[item.category_id].label, item.reason)
     data_print = fingerprint_dataset(dataset)
     with claim(run_dir, resume=resume) as folder:
         recorded = folder.recorded() if resume else None
         if resume and recorded is None:
             raise RunError(f"{run_dir} holds no run to resume (run.json is missing)")
-        cfg = _with_batch(cfg, model, cache, dataset, recorded, echo)
+        cfg = _with_batch(cfg, model, cache, dataset, recorded)
         settings = {"search": json.loads(json.dumps(dataclasses.asdict(cfg))), "categories": chosen,
                     "weights": {"sha256": cache.fingerprint, "path": recorded_path(cache.weights_dir, run_dir)},
                     "dataset": {"path": recorded_path(dataset.annotation_file, run_dir), **data_print.summary()}}
@@ -140,16 +148,17 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
         finished = {a.category_id for a in entries}
         result = SearchResult(entries, skipped, cfg.objective, cfg.holdout_fraction, cfg.seed, settings["weights"],
                               settings["dataset"])
-        for category_id in chosen:
+        for number, category_id in enumerate(chosen, start=1):
             if category_id in finished:
                 continue
             task = category_task(model, cache, dataset, category_id, holdout_fraction=cfg.holdout_fraction,
                                  seed=cfg.seed, config=cfg.objective, pairs_per_batch=cfg.pairs_per_batch)
-            echo(f"{task.category.label}: {describe(task.split)}")
+            log.info("%s (%d of %d): %s", task.category.label, number, len(chosen), describe(task.split))
             if warning := caution(task.split):
-                echo(f"{task.category.label}: {warning}")
+                log.warning("%s: %s", task.category.label, warning)
             states = [run_dir / STATE / f"{category_id}-{length}.safetensors" for length in cfg.lengths]
-            outcomes = [search_category(task, model, tokenizer, cfg, length, state, report)
+            step = functools.partial(_numbered, report, number, len(chosen))
+            outcomes = [search_category(task, model, tokenizer, cfg, length, state, step)
                         for length, state in zip(cfg.lengths, states)]
             result.aliases.append(_alias(task, outcomes, tokenizer))
             write_json(run_dir / ALIASES, result.to_json())
