@@ -49,6 +49,7 @@ from typing import Any
 
 import mlx_alias  # noqa: F401  (first: it loads MKL for MLX's CPU matmuls before mlx.core; see blas.py)
 
+# isort: split
 import mlx.core as mx
 import numpy as np
 import torch
@@ -56,9 +57,9 @@ from mlx.utils import tree_flatten
 
 from mlx_alias.config import PRESETS
 from mlx_alias.convert.convert import convert
-from mlx_alias.plant import synthetic_images
 from mlx_alias.image import load_image, preprocess_batch
 from mlx_alias.model.weights import load_model
+from mlx_alias.plant import synthetic_images
 from mlx_alias.reference import runners
 from mlx_alias.reference.build import build_model, shape_tiny
 from mlx_alias.reference.checkpoint import save_checkpoint

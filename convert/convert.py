@@ -21,7 +21,7 @@ from mlx_alias.progress import progress
 from mlx_alias.tokenizer import DEFAULT_VOCAB
 
 from .keymap import expected_sam3_keys, hf_keys_of, match_sam3
-from .layouts import LayoutError, key_listing, hf_to_mlx, sam3_to_hf
+from .layouts import LayoutError, hf_to_mlx, key_listing, sam3_to_hf
 from .sources import SAM3, Checkpoint, CheckpointError, open_checkpoint
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -32,13 +32,13 @@ def _demo(out: Path, seed: int, budget: int, report: Callable) -> dict:
     from .data.coco import load_dataset
     from .model.weights import load_model
     from .plant import MARGIN_SPREADS, plant, planting_rule, synthetic_images
+    from .prediction import make_prompt
     from .search.cache import FeatureCache
     from .search.driver import SearchConfig
     from .search.evaluate import evaluate
     from .search.objective import ObjectiveConfig
     from .search.run import run_search
     from .search.task import scorer_for
-    from .prediction import make_prompt
     from .tokenizer import load_tokenizer
 
     try:

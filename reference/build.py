@@ -19,6 +19,7 @@ from mlx_alias.config import ModelConfig
 from . import compat
 from .compat import pick_device
 
+# isort: split
 from sam3.model.decoder import TransformerDecoder, TransformerDecoderLayer  # noqa: E402
 from sam3.model.encoder import TransformerEncoderFusion, TransformerEncoderLayer  # noqa: E402
 from sam3.model.geometry_encoders import SequenceGeometryEncoder  # noqa: E402

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from mlx_alias.config import ModelConfig
 from mlx_alias.convert.hf_config import to_hf
 from mlx_alias.convert.layouts import hf_to_sam3, sam3_to_hf
-from mlx_alias.convert.sources import SAM3, PREFIXES, open_checkpoint
+from mlx_alias.convert.sources import PREFIXES, SAM3, open_checkpoint
 from mlx_alias.files import atomic_write, atomic_write_bytes
 
 from .build import build_model

@@ -13,6 +13,7 @@ import torch
 
 from .compat import pinned_memory_optional
 
+# isort: split
 from sam3.model.data_misc import FindStage  # noqa: E402
 
 

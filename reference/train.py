@@ -22,9 +22,9 @@ import json
 import logging
 import math
 import time
-from types import SimpleNamespace
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from mlx_alias.config import ModelConfig, tiny_config
 from mlx_alias.image import preprocess
 from mlx_alias.scenes.concepts import WORDS, random_pool, training_queries
 from mlx_alias.scenes.world import SIZE, scene
-from mlx_alias.search.objective import ObjectiveConfig, aggregate, area_resize, score_image, MaskTarget
+from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, aggregate, area_resize, score_image
 from mlx_alias.search.run_folder import differences
 from mlx_alias.search.state import load_state, save_state
 from mlx_alias.tokenizer import CONTEXT_LENGTH, Tokenizer, load_tokenizer
@@ -42,6 +42,7 @@ from . import runners
 from .build import build_model
 from .compat import focal_loss_without_triton
 
+# isort: split
 from sam3.model.box_ops import box_cxcywh_to_xyxy  # noqa: E402
 from sam3.train.loss.loss_fns import Boxes, IABCEMdetr, Masks, SemanticSegCriterion  # noqa: E402
 from sam3.train.loss.sam3_loss import Sam3LossWrapper  # noqa: E402

@@ -111,9 +111,10 @@ def scorer(mlx_model):
 def planted(search_weights, search_model, tmp_path_factory) -> tuple[Path, float]:
     """A dataset planted by ``mlx-alias plant`` with the hidden prompt on 9 synthetic images, at
     the demo's threshold rule: (dataset folder, threshold)."""
-    from clitools import HIDDEN, run_cli
     from mlx_alias.plant import planting_rule, synthetic_images
     from mlx_alias.tokenizer import load_tokenizer
+
+    from clitools import HIDDEN, run_cli
 
     root = tmp_path_factory.mktemp("planted")
     paths = synthetic_images(root / "images", 9, seed=2)  # seed 1: no planting threshold fits (see gap_threshold)

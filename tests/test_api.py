@@ -9,9 +9,10 @@ import numpy as np
 from PIL import Image
 
 import mlx_alias
-from clitools import HIDDEN
 from mlx_alias.data.coco import load_dataset
 from mlx_alias.tokenizer import load_tokenizer
+
+from clitools import HIDDEN
 
 
 def test_the_python_api_end_to_end(search_weights, planted, tmp_path):

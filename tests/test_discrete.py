@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 
 from mlx_alias.search.discrete import (
-    EvolutionConfig, EvolutionPhase, GcgConfig, GcgPhase, Neighbours, token_gradients, top_tokens,
+    EvolutionConfig,
+    EvolutionPhase,
+    GcgConfig,
+    GcgPhase,
+    Neighbours,
+    token_gradients,
+    top_tokens,
 )
 from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
 from mlx_alias.search.phase import SearchContext

@@ -33,6 +33,7 @@ from mlx_alias.reference.compat import pinned_memory_optional  # noqa: E402
 from mlx_alias.reference.parity import cosine, nchw, rel_err  # noqa: E402
 from mlx_alias.tokenizer import load_tokenizer  # noqa: E402
 
+# isort: split
 from sam3.model.data_misc import FindStage  # noqa: E402
 
 FP32 = 1e-5

@@ -11,9 +11,9 @@ import pytest
 from mlx_alias.search.objective import (
     MaskTarget,
     ObjectiveConfig,
+    _greedy_match,
     aggregate,
     area_resize,
-    _greedy_match,
     calibrate,
     greedy_matching,
     score_image,

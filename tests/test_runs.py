@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clitools import HIDDEN, clean_failure, run_cli, search_args
 from mlx_alias.files import OutputError, atomic_write
 from mlx_alias.search import driver
 from mlx_alias.search.alias_file import Alias
-from mlx_alias.search.run_folder import claim
 from mlx_alias.search.report import apply_hint, markdown_text
+from mlx_alias.search.run_folder import claim
+
+from clitools import HIDDEN, clean_failure, run_cli, search_args
 
 BUDGET = ("--budget", 40)
 

@@ -6,8 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlx_alias.scenes.concepts import (CONCEPTS, WORDS, caption, held_out_ids, matches, random_pool,
-                                       training_queries, vocabulary_ids)
+from mlx_alias.scenes.concepts import (
+    CONCEPTS,
+    WORDS,
+    caption,
+    held_out_ids,
+    matches,
+    random_pool,
+    training_queries,
+    vocabulary_ids,
+)
 from mlx_alias.scenes.world import COLOURS, SIZE, render, scene
 from mlx_alias.tokenizer import load_tokenizer
 

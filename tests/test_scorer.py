@@ -7,9 +7,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_alias.plant import synthetic_images
-from mlx_alias.model.text import TextFeatures
 from mlx_alias.image import load_image, preprocess_batch
+from mlx_alias.model.text import TextFeatures
+from mlx_alias.plant import synthetic_images
 from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, aggregate, calibrate, score_image
 from mlx_alias.search.scorer import Pruned, Scorer
 from mlx_alias.tokenizer import load_tokenizer

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from clitools import HIDDEN, clean_failure, run_cli, search_args
 from mlx_alias.plant import TOP_FRACTION, gap_threshold, planting_rule, synthetic_images
+
+from clitools import HIDDEN, clean_failure, run_cli, search_args
 
 
 def test_plant_writes_a_loadable_dataset(planted):
@@ -83,10 +84,10 @@ def test_plant_margin_leaves_near_threshold_queries_to_crowd_regions(search_weig
     regions: the hidden prompt then finds every instance, and what else it predicts lies in them
     and is dropped (precision 1), though it does predict there."""
     from mlx_alias.data.coco import load_dataset
+    from mlx_alias.prediction import make_prompt
     from mlx_alias.search.cache import FeatureCache
     from mlx_alias.search.objective import ObjectiveConfig
     from mlx_alias.search.task import scorer_for
-    from mlx_alias.prediction import make_prompt
 
     dataset, threshold = planted
     hidden = make_prompt(HIDDEN, None)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clitools import run_cli
 from mlx_alias.scenes.concepts import CONCEPTS, random_pool
 from mlx_alias.scenes.weights import SHIPPED, convert_shipped
 from mlx_alias.scenes.world import scene
+
+from clitools import run_cli
 
 
 @pytest.fixture(scope="module")

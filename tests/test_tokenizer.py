@@ -21,6 +21,8 @@ from mlx_alias.tokenizer import (
 
 pytest.importorskip("torch")
 import mlx_alias.reference.compat  # noqa: E402,F401  (stubs triton so that sam3 imports)
+
+# isort: split
 from sam3.model.tokenizer_ve import SimpleTokenizer  # noqa: E402
 
 LONG = [

@@ -23,8 +23,8 @@ def _weights(model) -> dict[str, np.ndarray]:
 
 
 def test_training_moves_the_weights_and_resumes_to_the_same_ones(tmp_path):
-    from mlx_alias.reference.build import build_model
     from mlx_alias.config import tiny_config
+    from mlx_alias.reference.build import build_model
 
     whole, steps = train(tmp_path / "whole", SMALL)
     assert steps == SMALL.steps

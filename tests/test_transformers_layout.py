@@ -33,14 +33,15 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("torchvision")  # transformers' Sam3Model requires it (roi_align)
 
-import mlx_alias.reference.compat  # noqa: E402  (stubs triton before anything imports sam3)
+import mlx_alias.reference.compat  # noqa: E402, F401  (stubs triton before anything imports sam3)
+
+# isort: split
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from transformers import Sam3Config, Sam3Model  # noqa: E402
-from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput  # noqa: E402
-
 from sam3.model.data_misc import FindStage  # noqa: E402
 from sam3.model.geometry_encoders import Prompt  # noqa: E402
+from transformers import Sam3Config, Sam3Model  # noqa: E402
+from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput  # noqa: E402
 
 from mlx_alias.config import tiny_config  # noqa: E402
 from mlx_alias.reference import runners  # noqa: E402

@@ -49,11 +49,11 @@ def command(
 
     def action() -> None:
         from mlx_alias.data.coco import load_dataset
+        from mlx_alias.prediction import text_ids
         from mlx_alias.search.alias_file import load_alias_file
         from mlx_alias.search.cache import weights_fingerprint
         from mlx_alias.search.evaluate import check_aliases, evaluate
         from mlx_alias.search.objective import ObjectiveConfig, prepare_target
-        from mlx_alias.prediction import text_ids
         from mlx_alias.tokenizer import load_tokenizer
 
         if aliases is None and not prompt:

@@ -13,7 +13,6 @@ from mlx_alias.config import ModelConfig
 
 from .common import Attention
 
-
 # A 3x3 convolution of a 2x nearest-upsampled map, seen from the map before upsampling: output
 # row 2i + phase reads input row i + offset through the kernel rows listed (row 2i reads rows
 # i - 1 and i, i twice; row 2i + 1 reads i twice and i + 1). Columns alike.

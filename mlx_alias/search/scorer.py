@@ -18,8 +18,16 @@ from mlx_alias.model.sam3 import Grounding, ImageFeatures, Sam3
 from mlx_alias.model.text import TextFeatures
 from mlx_alias.tokenizer import PAD_ID
 
-from .objective import (ImageResult, MaskTarget, ObjectiveConfig, SplitScore, aggregate, calibrate, score_image,
-                        surrogate)
+from .objective import (
+    ImageResult,
+    MaskTarget,
+    ObjectiveConfig,
+    SplitScore,
+    aggregate,
+    calibrate,
+    score_image,
+    surrogate,
+)
 
 
 @dataclass
