@@ -11,7 +11,9 @@ from setuptools import setup
 if sys.platform.startswith("linux") and os.environ.get("MLX_ALIAS_CPU_KERNEL") != "0":
     from mlx import extension
 
-    setup(ext_modules=[extension.CMakeExtension("mlx_alias._cpu_attention", sourcedir="mlx_alias/cpu_attention")],
-          cmdclass={"build_ext": extension.CMakeBuild})
+    setup(
+        ext_modules=[extension.CMakeExtension("mlx_alias._cpu_attention", sourcedir="mlx_alias/cpu_attention")],
+        cmdclass={"build_ext": extension.CMakeBuild},
+    )
 else:
     setup()

@@ -57,20 +57,42 @@ def run_concept(model, cache, concept: Concept, args, root: Path) -> list[dict]:
 
     rows = []
     for search_seed in args.search_seeds:
-        cfg = SearchConfig(lengths=tuple(args.lengths), budget=args.budget, holdout_fraction=args.holdout,
-                           seed=search_seed, objective=objective)
-        task = category_task(model, cache, data, 1, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed,
-                             config=objective, pairs_per_batch=cfg.pairs_per_batch)
+        cfg = SearchConfig(
+            lengths=tuple(args.lengths),
+            budget=args.budget,
+            holdout_fraction=args.holdout,
+            seed=search_seed,
+            objective=objective,
+        )
+        task = category_task(
+            model,
+            cache,
+            data,
+            1,
+            holdout_fraction=cfg.holdout_fraction,
+            seed=cfg.seed,
+            config=objective,
+            pairs_per_batch=cfg.pairs_per_batch,
+        )
         started = time.time()
         outcomes = [search_category(task, model, tokenizer, cfg, length) for length in cfg.lengths]
         seconds = time.time() - started
         best = max((o.best for o in outcomes), key=lambda c: (c.score, -len(c.tokens)))
         alias_test = test_scorer.exact(ids_of(tokenizer, [best.tokens]))[0].score
-        row = {"label": concept.label, "family": concept.family, "search_seed": search_seed,
-               "alias": tokenizer.decode(best.tokens), "tokens": list(best.tokens), "alias_train": best.score,
-               "alias_test": alias_test, "label_test": on_test([concept.label])[0],
-               "oracle": concept.oracle, "oracle_test": on_test([concept.oracle])[0] if concept.oracle else None,
-               "evaluations": sum(o.evaluations for o in outcomes), "seconds": round(seconds, 1)}
+        row = {
+            "label": concept.label,
+            "family": concept.family,
+            "search_seed": search_seed,
+            "alias": tokenizer.decode(best.tokens),
+            "tokens": list(best.tokens),
+            "alias_train": best.score,
+            "alias_test": alias_test,
+            "label_test": on_test([concept.label])[0],
+            "oracle": concept.oracle,
+            "oracle_test": on_test([concept.oracle])[0] if concept.oracle else None,
+            "evaluations": sum(o.evaluations for o in outcomes),
+            "seconds": round(seconds, 1),
+        }
         if concept.family == "composite":
             words = _words()
             train = [r.score for r in task.train.exact(tokenizer(words))]
@@ -84,7 +106,11 @@ def run_concept(model, cache, concept: Concept, args, root: Path) -> list[dict]:
 def summary(rows: list[dict]) -> dict[str, dict]:
     """Per family: the median of the figure its acceptance reads, and how many searches."""
     out = {}
-    for family, figure in (("synonym", "alias / oracle"), ("named", "alias / label"), ("composite", "alias - best word")):
+    for family, figure in (
+        ("synonym", "alias / oracle"),
+        ("named", "alias / label"),
+        ("composite", "alias - best word"),
+    ):
         chosen = [r for r in rows if r["family"] == family]
         if not chosen:
             continue
@@ -93,12 +119,17 @@ def summary(rows: list[dict]) -> dict[str, dict]:
         else:
             base = "oracle_test" if family == "synonym" else "label_test"
             values = [r["alias_test"] / r[base] if r[base] > 0 else float("nan") for r in chosen]
-        out[family] = {"figure": figure, "median": statistics.median(values), "searches": len(chosen),
-                       "alias_test_median": statistics.median(r["alias_test"] for r in chosen),
-                       "label_test_median": statistics.median(r["label_test"] for r in chosen)}
+        out[family] = {
+            "figure": figure,
+            "median": statistics.median(values),
+            "searches": len(chosen),
+            "alias_test_median": statistics.median(r["alias_test"] for r in chosen),
+            "label_test_median": statistics.median(r["label_test"] for r in chosen),
+        }
         if family == "synonym":
             out[family]["alias_over_label_median"] = statistics.median(
-                r["alias_test"] / r["label_test"] if r["label_test"] > 0 else float("inf") for r in chosen)
+                r["alias_test"] / r["label_test"] if r["label_test"] > 0 else float("inf") for r in chosen
+            )
     return out
 
 
@@ -122,19 +153,29 @@ def main() -> None:
         model = load_model(weights)
         cache = FeatureCache(model, weights, root / "cache")
         rows = [row for concept in concepts for row in run_concept(model, cache, concept, args, root)]
-    result = {"rows": rows, "summary": summary(rows), "settings": {k: v for k, v in vars(args).items() if k != "weights"}}
+    result = {
+        "rows": rows,
+        "summary": summary(rows),
+        "settings": {k: v for k, v in vars(args).items() if k != "weights"},
+    }
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{'label':14s} {'family':9s} {'seed':>4s} {'alias':24s} {'alias':>6s} {'label':>6s} {'oracle':>6s} {'word':>6s} {'evals':>6s} {'s':>6s}")
+    print(
+        f"{'label':14s} {'family':9s} {'seed':>4s} {'alias':24s} {'alias':>6s} {'label':>6s} {'oracle':>6s} {'word':>6s} {'evals':>6s} {'s':>6s}"
+    )
     for r in rows:
         oracle = "" if r["oracle_test"] is None else f"{r['oracle_test']:.3f}"
         word = f"{r['best_word_test']:.3f}" if "best_word_test" in r else ""
-        print(f"{r['label']:14s} {r['family']:9s} {r['search_seed']:4d} {r['alias'][:24]!s:24s} {r['alias_test']:6.3f} "
-              f"{r['label_test']:6.3f} {oracle:>6s} {word:>6s} {r['evaluations']:6d} {r['seconds']:6.0f}")
+        print(
+            f"{r['label']:14s} {r['family']:9s} {r['search_seed']:4d} {r['alias'][:24]!s:24s} {r['alias_test']:6.3f} "
+            f"{r['label_test']:6.3f} {oracle:>6s} {word:>6s} {r['evaluations']:6d} {r['seconds']:6.0f}"
+        )
     for family, s in result["summary"].items():
-        print(f"{family}: median {s['figure']} {s['median']:.3f} over {s['searches']} searches "
-              f"(alias {s['alias_test_median']:.3f}, label {s['label_test_median']:.3f})")
+        print(
+            f"{family}: median {s['figure']} {s['median']:.3f} over {s['searches']} searches "
+            f"(alias {s['alias_test_median']:.3f}, label {s['label_test_median']:.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ class ReencodingScorer(ExactScorer):
     seed-style baseline: every (candidate, image) pair reads, preprocesses and encodes its image
     again and is grounded alone, with no cached image features and no batching."""
 
-    def __init__(self, model: Sam3, paths: list[Path], targets: list[MaskTarget],
-                 config: ObjectiveConfig = ObjectiveConfig()):
+    def __init__(
+        self, model: Sam3, paths: list[Path], targets: list[MaskTarget], config: ObjectiveConfig = ObjectiveConfig()
+    ):
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} images but {len(targets)} targets")
         super().__init__(targets, config, pairs_per_batch=1)
@@ -35,7 +36,9 @@ class ReencodingScorer(ExactScorer):
     def _encode(self, ids: np.ndarray) -> TextFeatures:
         return encode_candidates(self.model, ids)
 
-    def _ground(self, text: TextFeatures, candidates: list[int], images: list[int]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    def _ground(
+        self, text: TextFeatures, candidates: list[int], images: list[int]
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
         (candidate,), (image,) = candidates, images  # one pair per call (pairs_per_batch 1)
         pixels = preprocess(load_image(self.paths[image]), self.model.cfg.vision.image_size)
         fresh = self.model.encode_image(mx.array(pixels[None]))

@@ -67,8 +67,16 @@ def ascended(ctx: SearchContext, starts: int, calibration: list[tuple[int, ...]]
     return list(ctx.seen)
 
 
-def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, fillers: int,
-            plain_vocabulary: bool = False, ascents: int = 8) -> dict:
+def measure(
+    seed: int,
+    prompt: str,
+    images: int,
+    randoms: int,
+    neighbours: int,
+    fillers: int,
+    plain_vocabulary: bool = False,
+    ascents: int = 8,
+) -> dict:
     tokenizer = load_tokenizer()
     allowed = allowed_tokens(tokenizer)
     pool = np.flatnonzero(allowed)
@@ -76,8 +84,15 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
     with tempfile.TemporaryDirectory() as tmp:
         model, dataset, hidden, threshold, _ = world(seed, prompt, Path(tmp), images, plain_vocabulary=plain_vocabulary)
         objective = ObjectiveConfig(threshold=threshold)
-        task = category_task(model, FeatureCache(model, Path(tmp) / "mlx", None), dataset, 1,
-                             holdout_fraction=0.34, seed=seed, config=objective)
+        task = category_task(
+            model,
+            FeatureCache(model, Path(tmp) / "mlx", None),
+            dataset,
+            1,
+            holdout_fraction=0.34,
+            seed=seed,
+            config=objective,
+        )
         planted = tuple(hidden.content)
         random_aliases = [tuple(int(t) for t in rng.choice(pool, len(planted))) for _ in range(randoms)]
         near = []
@@ -99,23 +114,30 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
                 similar.append(tuple(alias))
         climbed = []
         if ascents:  # a context of its own: the other probes draw from ``rng`` as before
-            climbed = ascended(SearchContext(model, task.train, tokenizer, allowed, len(planted),
-                                             np.random.default_rng([seed, 1])), ascents, random_aliases[:CALIBRATION_PROMPTS])
+            climbed = ascended(
+                SearchContext(model, task.train, tokenizer, allowed, len(planted), np.random.default_rng([seed, 1])),
+                ascents,
+                random_aliases[:CALIBRATION_PROMPTS],
+            )
         aliases = [planted, *random_aliases, *near, *climbed]
         exact = np.array([r.score for r in task.train.exact(ids_of(tokenizer, aliases))])
         similar_exact = np.array([r.score for r in task.train.exact(ids_of(tokenizer, similar))])
 
         fidelity, gradient_ranks = {}, {}
         for temperature, mask_temperature in TEMPERATURES:
-            task.train.config = dataclasses.replace(objective, temperature=temperature, mask_temperature=mask_temperature)
+            task.train.config = dataclasses.replace(
+                objective, temperature=temperature, mask_temperature=mask_temperature
+            )
             task.train.config = task.train.calibrated(ids_of(tokenizer, random_aliases[:CALIBRATION_PROMPTS]))
-            label = ("calibrated " if temperature is None else "") + \
-                f"{task.train.config.temperature:.3g}, {task.train.config.mask_temperature:.3g}"
+            label = (
+                "calibrated " if temperature is None else ""
+            ) + f"{task.train.config.temperature:.3g}, {task.train.config.mask_temperature:.3g}"
             rows = [mx.array(row[None]) for row in ids_of(tokenizer, aliases)]
             surrogate = np.array([float(task.train.surrogate(model.token_embeddings(r), r == 0)) for r in rows])
             fidelity[label] = {
                 "rank_correlation": float(np.corrcoef(ranks(exact), ranks(surrogate))[0, 1]),
-                "planted": float(surrogate[0]), "best_other": float(surrogate[1:].max()),
+                "planted": float(surrogate[0]),
+                "best_other": float(surrogate[1:].max()),
                 "misleading": int(((surrogate > surrogate[0]) & (exact < MISLEADING * exact[0])).sum()),
             }
             found = []
@@ -128,30 +150,41 @@ def measure(seed: int, prompt: str, images: int, randoms: int, neighbours: int, 
                     found.append(int((grad > grad[planted[position]]).sum()))
             gradient_ranks[label] = found
     return {
-        "seed": seed, "prompt": prompt, "threshold": threshold, "allowed": int(allowed.sum()),
-        "planted": float(exact[0]), "random_max": float(exact[1: 1 + randoms].max()),
-        "random_median": float(np.median(exact[1: 1 + randoms])),
-        "neighbour_max": float(exact[1 + randoms:].max()), "neighbour_median": float(np.median(exact[1 + randoms:])),
+        "seed": seed,
+        "prompt": prompt,
+        "threshold": threshold,
+        "allowed": int(allowed.sum()),
+        "planted": float(exact[0]),
+        "random_max": float(exact[1 : 1 + randoms].max()),
+        "random_median": float(np.median(exact[1 : 1 + randoms])),
+        "neighbour_max": float(exact[1 + randoms :].max()),
+        "neighbour_median": float(np.median(exact[1 + randoms :])),
         "embedding_neighbour_max": float(similar_exact.max()),
         "embedding_neighbour_median": float(np.median(similar_exact)),
-        "ascended": len(climbed), "fidelity": fidelity, "gradient_ranks": gradient_ranks,
+        "ascended": len(climbed),
+        "fidelity": fidelity,
+        "gradient_ranks": gradient_ranks,
     }
 
 
 def show(row: dict) -> str:
-    lines = [f"seed {row['seed']}, {row['prompt']!r}: planted {row['planted']:.3f}; random aliases median "
-             f"{row['random_median']:.3f}, max {row['random_max']:.3f}; one-token neighbours median "
-             f"{row['neighbour_median']:.3f}, max {row['neighbour_max']:.3f}; embedding neighbours median "
-             f"{row['embedding_neighbour_median']:.3f}, max {row['embedding_neighbour_max']:.3f}",
-             f"surrogate fidelity over these and {row['ascended']} projections met by soft ascents:",
-             "| temperatures (score, mask) | surrogate rank corr. with exact | surrogate: planted / best other | "
-             f"misleading (surrogate above planted, exact below {MISLEADING}) | "
-             f"planted token's gradient rank (of {row['allowed']}), median [all] |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"seed {row['seed']}, {row['prompt']!r}: planted {row['planted']:.3f}; random aliases median "
+        f"{row['random_median']:.3f}, max {row['random_max']:.3f}; one-token neighbours median "
+        f"{row['neighbour_median']:.3f}, max {row['neighbour_max']:.3f}; embedding neighbours median "
+        f"{row['embedding_neighbour_median']:.3f}, max {row['embedding_neighbour_max']:.3f}",
+        f"surrogate fidelity over these and {row['ascended']} projections met by soft ascents:",
+        "| temperatures (score, mask) | surrogate rank corr. with exact | surrogate: planted / best other | "
+        f"misleading (surrogate above planted, exact below {MISLEADING}) | "
+        f"planted token's gradient rank (of {row['allowed']}), median [all] |",
+        "|---|---|---|---|---|",
+    ]
     for t, f in row["fidelity"].items():
         r = row["gradient_ranks"][t]
-        lines.append(f"| {t} | {f['rank_correlation']:.3f} | {f['planted']:.3f} / {f['best_other']:.3f} | "
-                     f"{f['misleading']} | {np.median(r):.0f} {r} |")
+        lines.append(
+            f"| {t} | {f['rank_correlation']:.3f} | {f['planted']:.3f} / {f['best_other']:.3f} | "
+            f"{f['misleading']} | {np.median(r):.0f} {r} |"
+        )
     return "\n".join(lines)
 
 
@@ -163,14 +196,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--randoms", type=int, default=30, help="random aliases scored")
     parser.add_argument("--neighbours", type=int, default=5, help="one-token and embedding neighbours per position")
     parser.add_argument("--fillers", type=int, default=3, help="gradient probes per position and temperature")
-    parser.add_argument("--ascents", type=int, default=8,
-                        help="soft ascents whose projections join the fidelity aliases (0: none)")
-    parser.add_argument("--plain-vocabulary", action="store_true",
-                        help="init's unstructured token table instead of the tiny preset's low-rank one")
+    parser.add_argument(
+        "--ascents", type=int, default=8, help="soft ascents whose projections join the fidelity aliases (0: none)"
+    )
+    parser.add_argument(
+        "--plain-vocabulary",
+        action="store_true",
+        help="init's unstructured token table instead of the tiny preset's low-rank one",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    rows = [measure(s, args.prompt, args.images, args.randoms, args.neighbours, args.fillers, args.plain_vocabulary,
-                    args.ascents) for s in args.seeds]
+    rows = [
+        measure(
+            s,
+            args.prompt,
+            args.images,
+            args.randoms,
+            args.neighbours,
+            args.fillers,
+            args.plain_vocabulary,
+            args.ascents,
+        )
+        for s in args.seeds
+    ]
     print(json.dumps({"rows": rows}) if args.json else "\n\n".join(map(show, rows)))
     return 0
 

@@ -44,8 +44,11 @@ def synthetic_pixels(size: int, seed: int) -> np.ndarray:
 
 
 def check(results: dict) -> list[str]:
-    failures = [f"{part}.{key} = {results[part][key]:.3g} > {bound:g}"
-                for (part, key), bound in TOLERANCES.items() if results[part][key] > bound]
+    failures = [
+        f"{part}.{key} = {results[part][key]:.3g} > {bound:g}"
+        for (part, key), bound in TOLERANCES.items()
+        if results[part][key] > bound
+    ]
     if results["gradient"]["grad_cosine"] < 0.9999:
         failures.append(f"gradient.grad_cosine = {results['gradient']['grad_cosine']:.6f} < 0.9999")
     if results["text"]["padding_mismatches"]:

@@ -52,13 +52,21 @@ def main() -> None:
             _sync(device)
             t3 = time.perf_counter()
             timings = {"image_s": t1 - t0, "text_s": t2 - t1, "ground_s": t3 - t2}
-    print(json.dumps({
-        "preset": args.preset, "device": str(device), "parameters": parameter_count(model),
-        "build_s": round(build_s, 2), **{k: round(v, 4) for k, v in timings.items()},
-        "prompts": args.prompts, "mask_shape": list(out["pred_masks"].shape),
-        "finite": bool(all(torch.isfinite(v).all() for v in out.values())),
-        "max_score": float(out["scores"].max()),
-    }))
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "device": str(device),
+                "parameters": parameter_count(model),
+                "build_s": round(build_s, 2),
+                **{k: round(v, 4) for k, v in timings.items()},
+                "prompts": args.prompts,
+                "mask_shape": list(out["pred_masks"].shape),
+                "finite": bool(all(torch.isfinite(v).all() for v in out.values())),
+                "max_score": float(out["scores"].max()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -104,9 +104,18 @@ def planted_test_set(model, hidden, threshold: float, margin: float, root: Path,
     return load_dataset(root / "test_dataset")
 
 
-def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
-        search_seeds: tuple[int, ...] = (0,), soft_starts: int | None = None,
-        temperatures: tuple[float, float] | None = None, test_images: int = 48, margin_spreads: float = 0.0) -> list[dict]:
+def run(
+    seed: int,
+    prompt: str,
+    budget: int,
+    images: int,
+    methods: list[str],
+    search_seeds: tuple[int, ...] = (0,),
+    soft_starts: int | None = None,
+    temperatures: tuple[float, float] | None = None,
+    test_images: int = 48,
+    margin_spreads: float = 0.0,
+) -> list[dict]:
     """Every method's searches on one world; ``soft_starts`` and ``temperatures`` (score, mask:
     the surrogate's) replace the defaults for every method; ``test_images`` unseen planted
     images score each alias besides the holdout (none when 0); ``margin_spreads``: ``world``'s."""
@@ -124,8 +133,10 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
             objective = dataclasses.replace(objective, temperature=temperatures[0], mask_temperature=temperatures[1])
         task = category_task(model, cache, dataset, 1, holdout_fraction=0.34, seed=seed, config=objective)
         if task.holdout is None or not task.split.holdout_positives:  # e.g. a wide margin left them crowd-only
-            print(json.dumps({"seed": seed, "prompt": prompt, "skipped": "no holdout positive; use more images"}),
-                  file=sys.stderr)
+            print(
+                json.dumps({"seed": seed, "prompt": prompt, "skipped": "no holdout positive; use more images"}),
+                file=sys.stderr,
+            )
             return []
         train_ids = task.split.train_positives + task.split.train_negatives
         train_paths = [dataset.images[i].path for i in train_ids]
@@ -144,45 +155,79 @@ def run(seed: int, prompt: str, budget: int, images: int, methods: list[str],
             planted_test = test.exact(hidden.ids)[0]
         for method, offset in ((m, o) for m in methods for o in search_seeds):
             changes = METHODS[method]
-            cfg = dataclasses.replace(SearchConfig(lengths=(len(hidden.content),), budget=budget, holdout_fraction=0.34,
-                                                   seed=seed + offset, objective=objective), **changes)
+            cfg = dataclasses.replace(
+                SearchConfig(
+                    lengths=(len(hidden.content),),
+                    budget=budget,
+                    holdout_fraction=0.34,
+                    seed=seed + offset,
+                    objective=objective,
+                ),
+                **changes,
+            )
             if soft_starts is not None:
                 cfg = dataclasses.replace(cfg, soft=dataclasses.replace(cfg.soft, starts=soft_starts))
             task = category_task(model, cache, dataset, 1, holdout_fraction=0.34, seed=seed, config=objective)
             setup = encoding
             if method == "seed-style":
-                task = dataclasses.replace(task, train=ReencodingScorer(model, train_paths, task.train.targets, objective))
+                task = dataclasses.replace(
+                    task, train=ReencodingScorer(model, train_paths, task.train.targets, objective)
+                )
                 setup = 0.0
             timeline: list[tuple[float, float]] = []
             start = time.perf_counter()
-            outcome = search_category(task, model, tokenizer, cfg, len(hidden.content),
-                                      report=lambda p: timeline.append((time.perf_counter() - start, p.best)))
+            outcome = search_category(
+                task,
+                model,
+                tokenizer,
+                cfg,
+                len(hidden.content),
+                report=lambda p: timeline.append((time.perf_counter() - start, p.best)),
+            )
             seconds = time.perf_counter() - start
             reached = first_reaching(timeline, 0.9 * planted_train)
             found = task.holdout.exact(ids_of(tokenizer, [outcome.best.tokens]))[0]
             holdout = found.score
             on_test = test.exact(ids_of(tokenizer, [outcome.best.tokens]))[0] if test else None
-            rows.append({
-                "seed": seed, "prompt": prompt, "method": method, "search_seed": seed + offset, "margin": margin,
-                "alias": tokenizer.decode(outcome.best.tokens), "tokens": [int(t) for t in outcome.best.tokens],
-                "planted_train": planted_train, "planted_holdout": planted_holdout,
-                "train": outcome.best.score, "holdout": holdout,
-                "relative_holdout": holdout / planted_holdout if planted_holdout > 0 else None,
-                # where a holdout shortfall comes from: mask quality on the positives, or false positives
-                "holdout_quality": found.quality, "planted_holdout_quality": planted.quality,
-                "holdout_false_positive_rate": found.false_positive_rate,
-                "planted_holdout_false_positive_rate": planted.false_positive_rate,
-                **({} if test is None else {
-                    "test_images": test.images, "planted_test": planted_test.score, "test": on_test.score,
-                    "relative_test": on_test.score / planted_test.score if planted_test.score > 0 else None,
-                    "test_quality": on_test.quality, "planted_test_quality": planted_test.quality,
-                    "test_false_positive_rate": on_test.false_positive_rate,
-                    "planted_test_false_positive_rate": planted_test.false_positive_rate}),
-                "evaluations": outcome.evaluations,
-                "evaluations_to_0.9": first_reaching(outcome.curve, 0.9 * planted_train),
-                "seconds": setup + seconds,
-                "seconds_to_0.9": None if reached is None else setup + reached,
-            })
+            rows.append(
+                {
+                    "seed": seed,
+                    "prompt": prompt,
+                    "method": method,
+                    "search_seed": seed + offset,
+                    "margin": margin,
+                    "alias": tokenizer.decode(outcome.best.tokens),
+                    "tokens": [int(t) for t in outcome.best.tokens],
+                    "planted_train": planted_train,
+                    "planted_holdout": planted_holdout,
+                    "train": outcome.best.score,
+                    "holdout": holdout,
+                    "relative_holdout": holdout / planted_holdout if planted_holdout > 0 else None,
+                    # where a holdout shortfall comes from: mask quality on the positives, or false positives
+                    "holdout_quality": found.quality,
+                    "planted_holdout_quality": planted.quality,
+                    "holdout_false_positive_rate": found.false_positive_rate,
+                    "planted_holdout_false_positive_rate": planted.false_positive_rate,
+                    **(
+                        {}
+                        if test is None
+                        else {
+                            "test_images": test.images,
+                            "planted_test": planted_test.score,
+                            "test": on_test.score,
+                            "relative_test": on_test.score / planted_test.score if planted_test.score > 0 else None,
+                            "test_quality": on_test.quality,
+                            "planted_test_quality": planted_test.quality,
+                            "test_false_positive_rate": on_test.false_positive_rate,
+                            "planted_test_false_positive_rate": planted_test.false_positive_rate,
+                        }
+                    ),
+                    "evaluations": outcome.evaluations,
+                    "evaluations_to_0.9": first_reaching(outcome.curve, 0.9 * planted_train),
+                    "seconds": setup + seconds,
+                    "seconds_to_0.9": None if reached is None else setup + reached,
+                }
+            )
             print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
@@ -204,10 +249,12 @@ def table(rows: list[dict], methods: list[str]) -> str:
     it and over all); against the seed-style baseline (where it ran), the median over the searches
     (world and search seed) where both reached 0.9 of its evaluations and seconds divided by the
     method's."""
-    lines = ["| method | median holdout / planted | median test / planted | reached 0.9 of planted (train) "
-             "| median evaluations to 0.9 | same, all searches | median seconds to 0.9 | median seconds "
-             "| evaluations to 0.9, seed-style / this | seconds to 0.9, seed-style / this |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | median holdout / planted | median test / planted | reached 0.9 of planted (train) "
+        "| median evaluations to 0.9 | same, all searches | median seconds to 0.9 | median seconds "
+        "| evaluations to 0.9, seed-style / this | seconds to 0.9, seed-style / this |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     baseline = {(r["seed"], r["prompt"], r["search_seed"]): r for r in rows if r["method"] == "seed-style"}
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
@@ -217,14 +264,22 @@ def table(rows: list[dict], methods: list[str]) -> str:
         reached = [r for r in mine if r["evaluations_to_0.9"] is not None]
         runs = ((baseline.get((r["seed"], r["prompt"], r["search_seed"])), r) for r in reached)
         both = [(b, r) for b, r in runs if b is not None and b["evaluations_to_0.9"] is not None]
-        lines.append(" | ".join([
-            f"| {method}", _median(rel, 3), _median([r["relative_test"] for r in mine if r.get("relative_test") is not None], 3),
-            f"{len(reached)}/{len(mine)}",
-            _median([r["evaluations_to_0.9"] for r in reached], 0), _censored_median([r["evaluations_to_0.9"] for r in mine]),
-            _median([r["seconds_to_0.9"] for r in reached], 1),
-            _median([r["seconds"] for r in mine], 1),
-            _median([b["evaluations_to_0.9"] / r["evaluations_to_0.9"] for b, r in both], 2),
-            _median([b["seconds_to_0.9"] / r["seconds_to_0.9"] for b, r in both], 2) + " |"]))
+        lines.append(
+            " | ".join(
+                [
+                    f"| {method}",
+                    _median(rel, 3),
+                    _median([r["relative_test"] for r in mine if r.get("relative_test") is not None], 3),
+                    f"{len(reached)}/{len(mine)}",
+                    _median([r["evaluations_to_0.9"] for r in reached], 0),
+                    _censored_median([r["evaluations_to_0.9"] for r in mine]),
+                    _median([r["seconds_to_0.9"] for r in reached], 1),
+                    _median([r["seconds"] for r in mine], 1),
+                    _median([b["evaluations_to_0.9"] / r["evaluations_to_0.9"] for b, r in both], 2),
+                    _median([b["seconds_to_0.9"] / r["seconds_to_0.9"] for b, r in both], 2) + " |",
+                ]
+            )
+        )
     return "\n".join(lines)
 
 
@@ -235,23 +290,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=SearchConfig().budget)
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--search-seeds", type=int, nargs="+", default=[0],
-                        help="offsets added to the world's seed: one search per offset, method and world")
-    parser.add_argument("--soft-starts", type=int, help="soft prompts the soft phase climbs side by side (default: the search's)")
-    parser.add_argument("--temperatures", type=float, nargs=2, metavar=("SCORE", "MASK"),
-                        help="the surrogate's score and mask temperatures (default: the objective's)")
-    parser.add_argument("--test-images", type=int, default=48,
-                        help="unseen images planted like the world's, to score each alias on besides the holdout (0: none)")
-    parser.add_argument("--margin", type=float, default=MARGIN_SPREADS,
-                        help="plant the queries within this many standard deviations of the hidden prompt's scores "
-                             "of the threshold as crowd regions (plant --margin), in the search's images and the test's "
-                             "(default: the demo's; 0 plants plainly)")
+    parser.add_argument(
+        "--search-seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="offsets added to the world's seed: one search per offset, method and world",
+    )
+    parser.add_argument(
+        "--soft-starts", type=int, help="soft prompts the soft phase climbs side by side (default: the search's)"
+    )
+    parser.add_argument(
+        "--temperatures",
+        type=float,
+        nargs=2,
+        metavar=("SCORE", "MASK"),
+        help="the surrogate's score and mask temperatures (default: the objective's)",
+    )
+    parser.add_argument(
+        "--test-images",
+        type=int,
+        default=48,
+        help="unseen images planted like the world's, to score each alias on besides the holdout (0: none)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=MARGIN_SPREADS,
+        help="plant the queries within this many standard deviations of the hidden prompt's scores "
+        "of the threshold as crowd regions (plant --margin), in the search's images and the test's "
+        "(default: the demo's; 0 plants plainly)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    rows = [row for seed in args.seeds for prompt in args.prompts
-            for row in run(seed, prompt, args.budget, args.images, args.methods, tuple(args.search_seeds),
-                           args.soft_starts, None if args.temperatures is None else tuple(args.temperatures),
-                           args.test_images, args.margin)]
+    rows = [
+        row
+        for seed in args.seeds
+        for prompt in args.prompts
+        for row in run(
+            seed,
+            prompt,
+            args.budget,
+            args.images,
+            args.methods,
+            tuple(args.search_seeds),
+            args.soft_starts,
+            None if args.temperatures is None else tuple(args.temperatures),
+            args.test_images,
+            args.margin,
+        )
+    ]
     print(json.dumps({"rows": rows}) if args.json else table(rows, args.methods))
     return 0
 

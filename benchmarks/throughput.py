@@ -79,6 +79,7 @@ GB = 1e9
 
 # --- inputs ------------------------------------------------------------------------------------
 
+
 def random_targets(paths: list[Path], size: int, seed: int) -> list[MaskTarget]:
     """1-3 random boxes per image as instance masks at the image's own size (every fourth image
     a negative), brought to the model's mask resolution as the search brings its targets."""
@@ -90,7 +91,9 @@ def random_targets(paths: list[Path], size: int, seed: int) -> list[MaskTarget]:
         masks = np.zeros((count, height, width), bool)
         for mask in masks:
             y0, x0 = rng.integers(0, height // 2), rng.integers(0, width // 2)
-            mask[y0: y0 + rng.integers(height // 8, height // 2), x0: x0 + rng.integers(width // 8, width // 2)] = True
+            mask[y0 : y0 + rng.integers(height // 8, height // 2), x0 : x0 + rng.integers(width // 8, width // 2)] = (
+                True
+            )
         targets.append(prepare_target(masks, np.zeros((height, width), bool), size))
     return targets
 
@@ -99,11 +102,13 @@ def random_candidates(count: int, seed: int) -> np.ndarray:
     """Framed token rows [count, context] of random content ids."""
     tokenizer = load_tokenizer()
     rng = np.random.default_rng(seed)
-    return ids_of(tokenizer, [tuple(int(i) for i in rng.integers(1, tokenizer.sot_id, CANDIDATE_LENGTH))
-                              for _ in range(count)])
+    return ids_of(
+        tokenizer, [tuple(int(i) for i in rng.integers(1, tokenizer.sot_id, CANDIDATE_LENGTH)) for _ in range(count)]
+    )
 
 
 # --- measuring ---------------------------------------------------------------------------------
+
 
 def force(out: Any) -> None:
     """Finish the work behind ``out``: MLX's lazy graph and CUDA's queue."""
@@ -177,9 +182,15 @@ def torch_greedy_matching(credit: torch.Tensor) -> torch.Tensor:
     return matched.reshape(credit.shape).to(credit.dtype)
 
 
-def torch_surrogate(scores: torch.Tensor, mask_logits: torch.Tensor, targets: torch.Tensor,
-                    instance_valid: torch.Tensor, keep: torch.Tensor, crowd: torch.Tensor,
-                    config: ObjectiveConfig) -> torch.Tensor:
+def torch_surrogate(
+    scores: torch.Tensor,
+    mask_logits: torch.Tensor,
+    targets: torch.Tensor,
+    instance_valid: torch.Tensor,
+    keep: torch.Tensor,
+    crowd: torch.Tensor,
+    config: ObjectiveConfig,
+) -> torch.Tensor:
     """``mlx_alias.search.objective.surrogate``, line for line in torch (the search has no torch
     soft phase; this gives the reference the same work to differentiate)."""
     weight = torch.sigmoid((scores - config.threshold) / config.temperature)
@@ -206,15 +217,20 @@ def torch_surrogate(scores: torch.Tensor, mask_logits: torch.Tensor, targets: to
 
 # --- the two sides -----------------------------------------------------------------------------
 
+
 def exact_stage(scorer: ExactScorer, ids: np.ndarray, repeats: int) -> dict[str, Any]:
     """Every candidate on every image of ``scorer``, batched: the time and the scores."""
     seconds, scores = median_seconds(lambda: scorer.exact(ids), repeats)
-    return {"exact_s_per_call": seconds, "evals_per_s": len(ids) * scorer.images / seconds,
-            "exact_scores": [s.score for s in scores]}
+    return {
+        "exact_s_per_call": seconds,
+        "evals_per_s": len(ids) * scorer.images / seconds,
+        "exact_scores": [s.score for s in scores],
+    }
 
 
-def measure_mlx(model, paths: list[Path], targets: list[MaskTarget], ids: np.ndarray, args: argparse.Namespace,
-                peaks: Peaks) -> dict[str, Any]:
+def measure_mlx(
+    model, paths: list[Path], targets: list[MaskTarget], ids: np.ndarray, args: argparse.Namespace, peaks: Peaks
+) -> dict[str, Any]:
     size, config = model.cfg.vision.image_size, TIMED
     pixels = mx.array(preprocess_batch([load_image(p) for p in paths], size))
     out: dict[str, Any] = {}
@@ -231,7 +247,9 @@ def measure_mlx(model, paths: list[Path], targets: list[MaskTarget], ids: np.nda
 
     def seed_style() -> None:
         c = next(turn)
-        ReencodingScorer(model, [paths[c % len(paths)]], [targets[c % len(paths)]], config).exact(ids[c % len(ids):][:1])
+        ReencodingScorer(model, [paths[c % len(paths)]], [targets[c % len(paths)]], config).exact(
+            ids[c % len(ids) :][:1]
+        )
 
     with peaks.mlx_stage("seed_style"):
         out["seed_style_s_per_eval"] = median_seconds(seed_style, args.repeats, warm_up=False)[0]
@@ -245,9 +263,17 @@ def measure_mlx(model, paths: list[Path], targets: list[MaskTarget], ids: np.nda
     return out
 
 
-def measure_torch(reference: torch.nn.Module, paths: list[Path], targets: list[MaskTarget], ids: np.ndarray,
-                  args: argparse.Namespace, device: torch.device, autocast: Callable[[], Any],
-                  peaks: Peaks, size: int) -> dict[str, Any]:
+def measure_torch(
+    reference: torch.nn.Module,
+    paths: list[Path],
+    targets: list[MaskTarget],
+    ids: np.ndarray,
+    args: argparse.Namespace,
+    device: torch.device,
+    autocast: Callable[[], Any],
+    peaks: Peaks,
+    size: int,
+) -> dict[str, Any]:
     config = TIMED
     pixels = nchw(preprocess_batch([load_image(p) for p in paths], size)).to(device)
     out: dict[str, Any] = {}
@@ -263,16 +289,18 @@ def measure_torch(reference: torch.nn.Module, paths: list[Path], targets: list[M
 
         def seed_style() -> None:
             c = next(turn)
-            TorchScorer(reference, [paths[c % len(paths)]], [targets[c % len(paths)]], config, 1,
-                        size).exact(ids[c % len(ids):][:1])
+            TorchScorer(reference, [paths[c % len(paths)]], [targets[c % len(paths)]], config, 1, size).exact(
+                ids[c % len(ids) :][:1]
+            )
 
         with peaks.torch_stage("seed_style"):
             out["seed_style_s_per_eval"] = median_seconds(seed_style, args.repeats, warm_up=False)[0]
 
     reference.requires_grad_(False)  # the gradient with respect to the input embeddings only, as MLX takes it
     dense = DenseTargets.of(targets)
-    masks, valid, keep, crowd = (torch.from_numpy(np.array(a)).to(device)
-                                 for a in (dense.masks, dense.valid, dense.keep, dense.crowd))
+    masks, valid, keep, crowd = (
+        torch.from_numpy(np.array(a)).to(device) for a in (dense.masks, dense.valid, dense.keep, dense.crowd)
+    )
     with torch.no_grad():
         embeddings = runners.token_embeddings(reference, torch.from_numpy(ids[:1]))
     padding = torch.from_numpy(ids[:1] == 0)
@@ -284,8 +312,9 @@ def measure_torch(reference: torch.nn.Module, paths: list[Path], targets: list[M
             text = runners.text_features_from_embeddings(reference, e, padding)
             text = runners.TextFeatures(text.memory.expand(images, -1, -1), text.padding.expand(images, -1))
             grounded = runners.ground(reference, scorer.features, text, torch.arange(images))
-            value = torch_surrogate(grounded["scores"].float(), grounded["pred_masks"].float(), masks, valid, keep,
-                                    crowd, config)
+            value = torch_surrogate(
+                grounded["scores"].float(), grounded["pred_masks"].float(), masks, valid, keep, crowd, config
+            )
         value.backward()
         return float(value.detach()), e.grad
 
@@ -306,26 +335,36 @@ STAGES = [  # key, label, larger is better
 
 def table(result: dict[str, Any]) -> str:
     mlx_side, torch_side = result["mlx"], result["torch"]
-    lines = [f"preset {result['preset']}, {result['images']} images, {result['candidates']} candidates, "
-             f"batch {result['batch']} pairs, repeats {result['repeats']}",
-             f"MLX {result['mlx_version']} on {result['mlx_device']} in {result['mlx_dtype']}; "
-             f"torch {result['torch_version']} on {result['torch_device']} in {result['torch_dtype']}",
-             "",
-             f"{'':32s} {'MLX':>12s} {'torch':>12s} {'MLX speed / torch':>18s}"]
+    lines = [
+        f"preset {result['preset']}, {result['images']} images, {result['candidates']} candidates, "
+        f"batch {result['batch']} pairs, repeats {result['repeats']}",
+        f"MLX {result['mlx_version']} on {result['mlx_device']} in {result['mlx_dtype']}; "
+        f"torch {result['torch_version']} on {result['torch_device']} in {result['torch_dtype']}",
+        "",
+        f"{'':32s} {'MLX':>12s} {'torch':>12s} {'MLX speed / torch':>18s}",
+    ]
     for key, label, larger_better in STAGES:
         a, b = mlx_side[key], torch_side[key]
         lines.append(f"{label:32s} {a:12.4g} {b:12.4g} {(a / b if larger_better else b / a):17.3g}x")
-    lines.append(f"{'exact vs seed-style (x faster)':32s} {mlx_side['exact_vs_seed_style']:12.3g} "
-                 f"{torch_side['exact_vs_seed_style']:12.3g}")
+    lines.append(
+        f"{'exact vs seed-style (x faster)':32s} {mlx_side['exact_vs_seed_style']:12.3g} "
+        f"{torch_side['exact_vs_seed_style']:12.3g}"
+    )
     lines.append("")
-    lines.append(f"peak memory: MLX allocator {result['peak_mem_gb']:.3g} GB "
-                 f"({', '.join(f'{k} {v:.3g}' for k, v in result['mlx_peak_mem_gb_by_stage'].items())})")
+    lines.append(
+        f"peak memory: MLX allocator {result['peak_mem_gb']:.3g} GB "
+        f"({', '.join(f'{k} {v:.3g}' for k, v in result['mlx_peak_mem_gb_by_stage'].items())})"
+    )
     if result["torch_peak_mem_gb"] is not None:
         lines.append(f"             torch CUDA allocator {result['torch_peak_mem_gb']:.3g} GB")
-    lines.append(f"             process peak RSS {result['process_peak_rss_gb_through_torch']:.3g} GB through "
-                 f"the torch stages (model building included), {result['process_peak_rss_gb']:.3g} GB in all")
-    lines.append(f"exact scores, max |MLX - torch| {result['exact_score_max_abs_diff']:.3g}; "
-                 f"soft value MLX {mlx_side['soft_value']:.6g}, torch {torch_side['soft_value']:.6g}")
+    lines.append(
+        f"             process peak RSS {result['process_peak_rss_gb_through_torch']:.3g} GB through "
+        f"the torch stages (model building included), {result['process_peak_rss_gb']:.3g} GB in all"
+    )
+    lines.append(
+        f"exact scores, max |MLX - torch| {result['exact_score_max_abs_diff']:.3g}; "
+        f"soft value MLX {mlx_side['soft_value']:.6g}, torch {torch_side['soft_value']:.6g}"
+    )
     return "\n".join(lines)
 
 
@@ -364,8 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = random_candidates(args.candidates or args.batch, args.seed)
 
         # One side at a time in memory: the full size's soft step peaks above 10 GB on each side.
-        torch_side = measure_torch(reference, paths, targets, ids, args, device, autocast, peaks,
-                                   cfg.vision.image_size)
+        torch_side = measure_torch(reference, paths, targets, ids, args, device, autocast, peaks, cfg.vision.image_size)
         rss_torch = process_peak_rss_gb()
         del reference
         gc.collect()
@@ -377,8 +415,12 @@ def main(argv: list[str] | None = None) -> int:
         side["exact_vs_seed_style"] = side["evals_per_s"] * side["seed_style_s_per_eval"]
     diff = float(np.max(np.abs(np.subtract(mlx_side.pop("exact_scores"), torch_side.pop("exact_scores")))))
     result = {
-        "preset": args.preset, "dtype": args.dtype, "batch": args.batch, "images": args.images,
-        "candidates": len(ids), "repeats": args.repeats,
+        "preset": args.preset,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "images": args.images,
+        "candidates": len(ids),
+        "repeats": args.repeats,
         "mlx_evals_per_s": mlx_side["evals_per_s"],
         "torch_evals_per_s": torch_side["evals_per_s"],
         "ratio": mlx_side["evals_per_s"] / torch_side["evals_per_s"],
@@ -389,8 +431,11 @@ def main(argv: list[str] | None = None) -> int:
         "process_peak_rss_gb": process_peak_rss_gb(),
         "process_peak_rss_gb_through_torch": rss_torch,
         "exact_score_max_abs_diff": diff,
-        "mlx": mlx_side, "torch": torch_side,
-        "mlx_version": mx.__version__, "mlx_device": str(mx.default_device()), "mlx_dtype": args.dtype,
+        "mlx": mlx_side,
+        "torch": torch_side,
+        "mlx_version": mx.__version__,
+        "mlx_device": str(mx.default_device()),
+        "mlx_dtype": args.dtype,
         "torch_version": torch.__version__,
         "torch_device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.machine()})",
         "torch_dtype": torch_dtype if not half else f"autocast {torch_dtype}",

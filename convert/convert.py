@@ -79,7 +79,12 @@ def _defining_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     v, t, d = cfg.vision, cfg.text, cfg.detector
     grid = (v.pretrain_image_size // v.patch_size) ** 2
     return {
-        "vision_encoder.backbone.embeddings.patch_embeddings.projection.weight": (v.width, 3, v.patch_size, v.patch_size),
+        "vision_encoder.backbone.embeddings.patch_embeddings.projection.weight": (
+            v.width,
+            3,
+            v.patch_size,
+            v.patch_size,
+        ),
         "vision_encoder.backbone.embeddings.position_embeddings": (1, grid, v.width),
         "vision_encoder.backbone.layers.0.mlp.fc1.weight": (v.mlp_hidden, v.width),
         "text_encoder.text_model.embeddings.token_embedding.weight": (t.vocab_size, t.width),
@@ -121,7 +126,9 @@ def convert(source: Path, out_dir: Path, dtype: str = "float32", *, overwrite: b
     dropped: dict[str, str] = {}
     loaders = checkpoint.tensors
     for key in progress(sorted(loaders), len(loaders), "converting weights"):
-        hf, dropped_here = sam3_to_hf({key: loaders[key]()}) if checkpoint.layout == SAM3 else ({key: loaders[key]()}, {})
+        hf, dropped_here = (
+            sam3_to_hf({key: loaders[key]()}) if checkpoint.layout == SAM3 else ({key: loaders[key]()}, {})
+        )
         _check_shapes(hf, shapes, checkpoint.config_source)
         weights, dropped_mlx = hf_to_mlx(hf)
         dropped.update(dropped_here)

@@ -20,8 +20,12 @@ class ConfigError(ValueError):
 def to_hf(cfg: ModelConfig) -> dict[str, Any]:
     v, t, d = cfg.vision, cfg.text, cfg.detector
     grid = v.grid
-    layer = {"hidden_size": d.d_model, "num_attention_heads": d.heads, "intermediate_size": d.ffn_dim,
-             "layer_norm_eps": d.layer_norm_eps}
+    layer = {
+        "hidden_size": d.d_model,
+        "num_attention_heads": d.heads,
+        "intermediate_size": d.ffn_dim,
+        "layer_norm_eps": d.layer_norm_eps,
+    }
     return {
         "model_type": "sam3",
         "architectures": ["Sam3Model"],
@@ -61,9 +65,12 @@ def to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "geometry_encoder_config": {**layer, "num_layers": d.geometry_layers},
         "detr_encoder_config": {**layer, "num_layers": d.encoder_layers},
         "detr_decoder_config": {**layer, "num_layers": d.decoder_layers, "num_queries": d.num_queries},
-        "mask_decoder_config": {"hidden_size": d.d_model, "num_attention_heads": d.heads,
-                                "num_upsampling_stages": d.mask_upsampling_stages,
-                                "layer_norm_eps": d.layer_norm_eps},
+        "mask_decoder_config": {
+            "hidden_size": d.d_model,
+            "num_attention_heads": d.heads,
+            "num_upsampling_stages": d.mask_upsampling_stages,
+            "layer_norm_eps": d.layer_norm_eps,
+        },
     }
 
 

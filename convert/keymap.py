@@ -89,12 +89,19 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{VIT}.ln_pre.", "vision_encoder.backbone.layer_norm."),
     Rule(f"{VIT}.blocks.{{i}}.norm1.", "vision_encoder.backbone.layers.{i}.layer_norm1.", over="vision"),
     Rule(f"{VIT}.blocks.{{i}}.norm2.", "vision_encoder.backbone.layers.{i}.layer_norm2.", over="vision"),
-    Rule(f"{VIT}.blocks.{{i}}.attn.qkv.", "vision_encoder.backbone.layers.{i}.attention.", Kind.FUSED_QKV, over="vision"),
+    Rule(
+        f"{VIT}.blocks.{{i}}.attn.qkv.", "vision_encoder.backbone.layers.{i}.attention.", Kind.FUSED_QKV, over="vision"
+    ),
     Rule(f"{VIT}.blocks.{{i}}.attn.proj.", "vision_encoder.backbone.layers.{i}.attention.o_proj.", over="vision"),
     Rule(f"{VIT}.blocks.{{i}}.mlp.fc1.", "vision_encoder.backbone.layers.{i}.mlp.fc1.", over="vision"),
     Rule(f"{VIT}.blocks.{{i}}.mlp.fc2.", "vision_encoder.backbone.layers.{i}.mlp.fc2.", over="vision"),
-    Rule(f"{VIT}.blocks.{{i}}.attn.freqs_cis", None, params=KEY, over="vision",
-         why="complex RoPE table, recomputed from the config"),
+    Rule(
+        f"{VIT}.blocks.{{i}}.attn.freqs_cis",
+        None,
+        params=KEY,
+        over="vision",
+        why="complex RoPE table, recomputed from the config",
+    ),
     # Neck (simple FPN); scale_layers.1 is the GELU between the two transposed convs
     Rule(f"{NECK}.dconv_2x2_0.", "vision_encoder.neck.fpn_layers.{i}.scale_layers.0.", Kind.CONV_T, over="neck_x4"),
     Rule(f"{NECK}.dconv_2x2_1.", "vision_encoder.neck.fpn_layers.{i}.scale_layers.2.", Kind.CONV_T, over="neck_x4"),
@@ -105,19 +112,39 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{TEXT}.token_embedding.", f"{CLIP}.embeddings.token_embedding.", params=W),
     Rule(f"{TEXT}.positional_embedding", f"{CLIP}.embeddings.position_embedding.weight", params=KEY),
     Rule(f"{TEXT}.ln_final.", f"{CLIP}.final_layer_norm."),
-    Rule(f"{TEXT}.text_projection", "text_encoder.text_projection.weight", Kind.TRANSPOSED, KEY, mlx=False,
-         why="CLIP's pooled-output projection; SAM3 discards its result"),
-    *_attention(f"{TEXT}.transformer.resblocks.{{i}}.attn", f"{CLIP}.encoder.layers.{{i}}.self_attn", "text", "out_proj"),
-    *_layer_norms(f"{TEXT}.transformer.resblocks.{{i}}", f"{CLIP}.encoder.layers.{{i}}",
-                  [("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")],
-                  "text"),
+    Rule(
+        f"{TEXT}.text_projection",
+        "text_encoder.text_projection.weight",
+        Kind.TRANSPOSED,
+        KEY,
+        mlx=False,
+        why="CLIP's pooled-output projection; SAM3 discards its result",
+    ),
+    *_attention(
+        f"{TEXT}.transformer.resblocks.{{i}}.attn", f"{CLIP}.encoder.layers.{{i}}.self_attn", "text", "out_proj"
+    ),
+    *_layer_norms(
+        f"{TEXT}.transformer.resblocks.{{i}}",
+        f"{CLIP}.encoder.layers.{{i}}",
+        [("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")],
+        "text",
+    ),
     Rule("backbone.language_backbone.resizer.", "text_projection."),
     # Geometry encoder (runs for text prompts too: its cls token joins the prompt)
     *_attention(f"{GEO}.encode.{{i}}.self_attn", f"{GEO}.layers.{{i}}.self_attn", "geometry"),
     *_attention(f"{GEO}.encode.{{i}}.cross_attn_image", f"{GEO}.layers.{{i}}.cross_attn", "geometry"),
-    *_layer_norms(f"{GEO}.encode.{{i}}", f"{GEO}.layers.{{i}}",
-                  [("linear1", "mlp.fc1"), ("linear2", "mlp.fc2"), ("norm1", "layer_norm1"),
-                   ("norm2", "layer_norm2"), ("norm3", "layer_norm3")], "geometry"),
+    *_layer_norms(
+        f"{GEO}.encode.{{i}}",
+        f"{GEO}.layers.{{i}}",
+        [
+            ("linear1", "mlp.fc1"),
+            ("linear2", "mlp.fc2"),
+            ("norm1", "layer_norm1"),
+            ("norm2", "layer_norm2"),
+            ("norm3", "layer_norm3"),
+        ],
+        "geometry",
+    ),
     Rule(f"{GEO}.img_pre_norm.", f"{GEO}.vision_layer_norm."),
     Rule(f"{GEO}.norm.", f"{GEO}.prompt_layer_norm."),
     Rule(f"{GEO}.encode_norm.", f"{GEO}.output_layer_norm."),
@@ -127,14 +154,29 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{GEO}.boxes_direct_project.", f"{GEO}.boxes_direct_project."),
     Rule(f"{GEO}.boxes_pool_project.", f"{GEO}.boxes_pool_project.", Kind.CONV),
     Rule(f"{GEO}.boxes_pos_enc_project.", f"{GEO}.boxes_pos_enc_project."),
-    *(Rule(f"{GEO}.points_{part}_project.", None, why="point-prompt projections: the text-prompted path never reads them (the transformers layout omits them too)")
-      for part in ("direct", "pool", "pos_enc")),
+    *(
+        Rule(
+            f"{GEO}.points_{part}_project.",
+            None,
+            why="point-prompt projections: the text-prompted path never reads them (the transformers layout omits them too)",
+        )
+        for part in ("direct", "pool", "pos_enc")
+    ),
     # Fusion encoder
     *_attention(f"{ENC}.self_attn", "detr_encoder.layers.{i}.self_attn", "encoder"),
     *_attention(f"{ENC}.cross_attn_image", "detr_encoder.layers.{i}.cross_attn", "encoder"),
-    *_layer_norms(ENC, "detr_encoder.layers.{i}",
-                  [("linear1", "mlp.fc1"), ("linear2", "mlp.fc2"), ("norm1", "layer_norm1"),
-                   ("norm2", "layer_norm2"), ("norm3", "layer_norm3")], "encoder"),
+    *_layer_norms(
+        ENC,
+        "detr_encoder.layers.{i}",
+        [
+            ("linear1", "mlp.fc1"),
+            ("linear2", "mlp.fc2"),
+            ("norm1", "layer_norm1"),
+            ("norm2", "layer_norm2"),
+            ("norm3", "layer_norm3"),
+        ],
+        "encoder",
+    ),
     # Decoder
     Rule(f"{DEC}.query_embed.", "detr_decoder.query_embed.", params=W),
     Rule(f"{DEC}.reference_points.", "detr_decoder.reference_points.", params=W),
@@ -149,17 +191,31 @@ RULES: tuple[Rule, ...] = (
     *_attention(f"{DEC}.layers.{{i}}.self_attn", "detr_decoder.layers.{i}.self_attn", "decoder"),
     *_attention(f"{DEC}.layers.{{i}}.ca_text", "detr_decoder.layers.{i}.text_cross_attn", "decoder"),
     *_attention(f"{DEC}.layers.{{i}}.cross_attn", "detr_decoder.layers.{i}.vision_cross_attn", "decoder"),
-    *_layer_norms(f"{DEC}.layers.{{i}}", "detr_decoder.layers.{i}",
-                  [("linear1", "mlp.fc1"), ("linear2", "mlp.fc2"), ("norm1", "vision_cross_attn_layer_norm"),
-                   ("catext_norm", "text_cross_attn_layer_norm"), ("norm2", "self_attn_layer_norm"),
-                   ("norm3", "mlp_layer_norm")], "decoder"),
+    *_layer_norms(
+        f"{DEC}.layers.{{i}}",
+        "detr_decoder.layers.{i}",
+        [
+            ("linear1", "mlp.fc1"),
+            ("linear2", "mlp.fc2"),
+            ("norm1", "vision_cross_attn_layer_norm"),
+            ("catext_norm", "text_cross_attn_layer_norm"),
+            ("norm2", "self_attn_layer_norm"),
+            ("norm3", "mlp_layer_norm"),
+        ],
+        "decoder",
+    ),
     # Dot-product scoring
     *_mlp("dot_prod_scoring.prompt_mlp", "dot_product_scoring.text_mlp", 2),
     Rule("dot_prod_scoring.prompt_mlp.out_norm.", "dot_product_scoring.text_mlp_out_norm."),
     Rule("dot_prod_scoring.prompt_proj.", "dot_product_scoring.text_proj."),
     Rule("dot_prod_scoring.hs_proj.", "dot_product_scoring.query_proj."),
     # Segmentation head
-    Rule(f"{SEG}.pixel_decoder.conv_layers.{{i}}.", "mask_decoder.pixel_decoder.conv_layers.{i}.", Kind.CONV, over="pixel"),
+    Rule(
+        f"{SEG}.pixel_decoder.conv_layers.{{i}}.",
+        "mask_decoder.pixel_decoder.conv_layers.{i}.",
+        Kind.CONV,
+        over="pixel",
+    ),
     Rule(f"{SEG}.pixel_decoder.norms.{{i}}.", "mask_decoder.pixel_decoder.norms.{i}.", over="pixel"),
     Rule(f"{SEG}.mask_predictor.mask_embed.layers.{{i}}.", "mask_decoder.mask_embedder.layers.{i}.", over="mlp3"),
     Rule(f"{SEG}.instance_seg_head.", "mask_decoder.instance_projection.", Kind.CONV),

@@ -85,8 +85,7 @@ def match_hf(key: str, cfg: ModelConfig | None = None) -> tuple[Match, str | Non
     return None
 
 
-def hf_to_sam3(state: Mapping[str, np.ndarray], cfg: ModelConfig,
-               cls_slot: np.ndarray | None = None) -> Arrays:
+def hf_to_sam3(state: Mapping[str, np.ndarray], cfg: ModelConfig, cls_slot: np.ndarray | None = None) -> Arrays:
     """Transformers names -> official names, for loading a transformers checkpoint into the
     reference. The cls slot that the transformers layout dropped is never read by sam3;
     ``cls_slot`` (shape [1, 1, C]) fills it, zeros if not given."""
@@ -111,7 +110,9 @@ def hf_to_sam3(state: Mapping[str, np.ndarray], cfg: ModelConfig,
         else:
             out[target] = value
     if unknown:
-        raise LayoutError(f"{len(unknown)} keys are not SAM3 weights in the transformers layout: {key_listing(unknown)}")
+        raise LayoutError(
+            f"{len(unknown)} keys are not SAM3 weights in the transformers layout: {key_listing(unknown)}"
+        )
     for target, parts in pending.items():
         missing = [name for name in QKV if name not in parts]
         if missing:
@@ -141,5 +142,7 @@ def hf_to_mlx(state: Mapping[str, np.ndarray]) -> tuple[Arrays, dict[str, str]]:
         else:
             out[key] = value
     if unknown:
-        raise LayoutError(f"{len(unknown)} keys are not SAM3 weights in the transformers layout: {key_listing(unknown)}")
+        raise LayoutError(
+            f"{len(unknown)} keys are not SAM3 weights in the transformers layout: {key_listing(unknown)}"
+        )
     return out, dropped

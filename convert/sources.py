@@ -125,7 +125,7 @@ def open_checkpoint(source: Path) -> Checkpoint:
         elif prefixed and not key.startswith(keep):
             raise CheckpointError(f"{path.name} mixes '{keep}' keys with others such as '{key}'")
         else:
-            tensors[key[len(keep):] if prefixed else key] = loader
+            tensors[key[len(keep) :] if prefixed else key] = loader
     if not tensors:
         raise CheckpointError(f"{path} holds no SAM3 image-model weights")
     config, config_source = _config_beside(path)

@@ -9,9 +9,17 @@ from . import blas
 
 blas.preload()  # before anything imports mlx.core (see blas.py)
 
-_API = {"load": "api", "find_aliases": "api", "load_aliases": "api", "Model": "api", "Segmentation": "api",
-        "SearchConfig": "search.driver", "ObjectiveConfig": "search.objective",
-        "SearchResult": "search.alias_file", "Alias": "search.alias_file"}
+_API = {
+    "load": "api",
+    "find_aliases": "api",
+    "load_aliases": "api",
+    "Model": "api",
+    "Segmentation": "api",
+    "SearchConfig": "search.driver",
+    "ObjectiveConfig": "search.objective",
+    "SearchResult": "search.alias_file",
+    "Alias": "search.alias_file",
+}
 __all__ = sorted(_API)
 
 

@@ -49,8 +49,9 @@ class Model:
         self.sam3 = sam3
         self.weights = Path(weights)
 
-    def segment(self, image: str | Path | np.ndarray, prompt: str | Sequence[int] | Alias,
-                threshold: float = 0.5) -> Segmentation:
+    def segment(
+        self, image: str | Path | np.ndarray, prompt: str | Sequence[int] | Alias, threshold: float = 0.5
+    ) -> Segmentation:
         """Every instance of ``prompt`` (text, content token ids, or a search's ``Alias``, which is
         applied by its tokens) in ``image`` (a path, or an RGB uint8 array)."""
         tokenizer = load_tokenizer()
@@ -60,7 +61,7 @@ class Model:
         rgb = load_image(image) if isinstance(image, (str, Path)) else image
         found = predict(self.sam3, rgb, ids, threshold)
         row = ids[0].tolist()
-        return Segmentation(tuple(row[1: row.index(tokenizer.eot_id)]), threshold, rgb.shape[0], rgb.shape[1], found)
+        return Segmentation(tuple(row[1 : row.index(tokenizer.eot_id)]), threshold, rgb.shape[0], rgb.shape[1], found)
 
 
 def load(weights: str | Path, dtype: str | None = None) -> Model:
@@ -74,10 +75,18 @@ def load(weights: str | Path, dtype: str | None = None) -> Model:
     return Model(sam3, Path(weights))
 
 
-def find_aliases(model: Model, dataset: str | Path, config: SearchConfig = SearchConfig(), *,
-           out: str | Path | None = None, categories: list[int] | None = None, images: str | Path | None = None,
-           resume: bool = False, cache: str | Path | None = DEFAULT_CACHE,
-           progress: Callable[[Progress], None] = lambda p: None) -> SearchResult:
+def find_aliases(
+    model: Model,
+    dataset: str | Path,
+    config: SearchConfig = SearchConfig(),
+    *,
+    out: str | Path | None = None,
+    categories: list[int] | None = None,
+    images: str | Path | None = None,
+    resume: bool = False,
+    cache: str | Path | None = DEFAULT_CACHE,
+    progress: Callable[[Progress], None] = lambda p: None,
+) -> SearchResult:
     """Search ``dataset`` (a COCO annotation file, or a folder holding one) for each category's
     alias (all categories with instances unless ``categories`` names some). ``out`` is the run
     folder (``aliases.json``, the report, checkpoints; ``resume`` continues a run there); without
@@ -91,11 +100,9 @@ def find_aliases(model: Model, dataset: str | Path, config: SearchConfig = Searc
     data = load_dataset(Path(dataset), None if images is None else Path(images))
     feature_cache = FeatureCache(model.sam3, model.weights, None if cache is None else Path(cache))
     if out is not None:
-        return run_search(model.sam3, feature_cache, data, Path(out), config, categories, resume,
-                          report=progress)
+        return run_search(model.sam3, feature_cache, data, Path(out), config, categories, resume, report=progress)
     with tempfile.TemporaryDirectory(prefix="mlx-alias-run.") as folder:
-        return run_search(model.sam3, feature_cache, data, Path(folder) / "run", config, categories,
-                          report=progress)
+        return run_search(model.sam3, feature_cache, data, Path(folder) / "run", config, categories, report=progress)
 
 
 def load_aliases(path: str | Path) -> SearchResult:

@@ -44,8 +44,12 @@ def preload() -> Path | None:
     path = _mkl_runtime()
     if path is not None and "mlx.core" in sys.modules:  # too late to interpose: MLX already bound its BLAS
         # said aloud: silent, it once made a benchmark script that imported mlx.core first 6x slower
-        warnings.warn("mlx.core was imported before mlx_alias, so MLX keeps its reference BLAS and runs "
-                      "matmuls about 20x slower on the CPU: import mlx_alias first", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "mlx.core was imported before mlx_alias, so MLX keeps its reference BLAS and runs "
+            "matmuls about 20x slower on the CPU: import mlx_alias first",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     if path is not None:
         ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)

@@ -15,8 +15,16 @@ app = typer.Typer(
     help="Find token aliases that make SAM3 segment a concept (MLX port of SAM3).",
 )
 
-for name, module in (("init", init), ("convert", convert), ("segment", segment), ("verify", verify),
-                     ("search", search), ("evaluate", evaluate), ("plant", plant), ("demo", demo)):
+for name, module in (
+    ("init", init),
+    ("convert", convert),
+    ("segment", segment),
+    ("verify", verify),
+    ("search", search),
+    ("evaluate", evaluate),
+    ("plant", plant),
+    ("demo", demo),
+):
     app.command(name=name)(module.command)
 
 

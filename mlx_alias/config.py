@@ -111,12 +111,23 @@ def tiny_config() -> ModelConfig:
     49,408 tokens so that aliases are real BPE sequences."""
     return ModelConfig(
         vision=VisionConfig(
-            image_size=224, pretrain_image_size=112, width=64, depth=4, heads=4,
-            window_size=8, global_blocks=(1, 3),
+            image_size=224,
+            pretrain_image_size=112,
+            width=64,
+            depth=4,
+            heads=4,
+            window_size=8,
+            global_blocks=(1, 3),
         ),
         text=TextConfig(width=64, heads=4, layers=2),
         detector=DetectorConfig(
-            d_model=64, heads=4, ffn_dim=256, geometry_layers=1, encoder_layers=1, decoder_layers=2, num_queries=20,
+            d_model=64,
+            heads=4,
+            ffn_dim=256,
+            geometry_layers=1,
+            encoder_layers=1,
+            decoder_layers=2,
+            num_queries=20,
         ),
     )
 

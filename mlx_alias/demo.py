@@ -17,8 +17,9 @@ HIDDEN_PROMPT = "velvet lantern"
 IMAGES = 12
 
 
-def demo(out: Path, *, seed: int = 0, budget: int = 1200, overwrite: bool = False,
-         report: Callable = lambda p: None) -> dict:
+def demo(
+    out: Path, *, seed: int = 0, budget: int = 1200, overwrite: bool = False, report: Callable = lambda p: None
+) -> dict:
     """Run the demo into ``out``, built in a temporary folder renamed at the end (so a killed
     demo leaves nothing behind). Returns a summary."""
     with atomic_directory(out, overwrite=overwrite) as staging:
@@ -46,7 +47,9 @@ def _demo(out: Path, seed: int, budget: int, report: Callable) -> dict:
         from .reference.build import build_model, shape_tiny
         from .reference.checkpoint import save_checkpoint
     except ImportError as exc:
-        raise ImportError(f"demo makes its model through the reference path (pip install 'mlx-alias[reference]'): {exc}") from exc
+        raise ImportError(
+            f"demo makes its model through the reference path (pip install 'mlx-alias[reference]'): {exc}"
+        ) from exc
     cfg = tiny_config()
     log.info(f"1/4 a tiny random SAM3 (seed {seed})")
     reference = build_model(cfg, seed=seed, device="cpu")
@@ -58,15 +61,24 @@ def _demo(out: Path, seed: int, budget: int, report: Callable) -> dict:
     paths = synthetic_images(out / "images", IMAGES, seed)
     hidden_prompt = make_prompt(HIDDEN_PROMPT, None)
     threshold, margin = planting_rule(model, paths, hidden_prompt.ids, MARGIN_SPREADS)
-    log.info(f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold + margin:.4g}; "
-         f"crowd regions: within {margin:.2g} of {threshold:.4g})")
+    log.info(
+        f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold + margin:.4g}; "
+        f"crowd regions: within {margin:.2g} of {threshold:.4g})"
+    )
     planted = plant(model, out / "images", hidden_prompt, out / "dataset", threshold=threshold, margin=margin)
-    log.info(f"    {planted.positives} of {planted.images} images hold {planted.instances} instances, "
-         f"{planted.crowd_regions} crowd regions")
+    log.info(
+        f"    {planted.positives} of {planted.images} images hold {planted.instances} instances, "
+        f"{planted.crowd_regions} crowd regions"
+    )
     dataset = load_dataset(out / "dataset")
     cache = FeatureCache(model, out / "weights", out / "cache")
-    search = SearchConfig(lengths=(len(load_tokenizer().encode(HIDDEN_PROMPT)),), budget=budget,
-                          holdout_fraction=0.34, seed=seed, objective=ObjectiveConfig(threshold=threshold))
+    search = SearchConfig(
+        lengths=(len(load_tokenizer().encode(HIDDEN_PROMPT)),),
+        budget=budget,
+        holdout_fraction=0.34,
+        seed=seed,
+        objective=ObjectiveConfig(threshold=threshold),
+    )
     log.info(f"4/4 searching ({search.lengths[0]}-token aliases, {budget} evaluations)")
     result = run_search(model, cache, dataset, out / "run", search, report=report)
 
@@ -74,8 +86,16 @@ def _demo(out: Path, seed: int, budget: int, report: Callable) -> dict:
         return scorer_for(model, cache, dataset, cid, ids, search.objective, search.pairs_per_batch)
 
     # the alias and the hidden prompt on the alias's own holdout images
-    alias_row, hidden_row = evaluate(dataset, load_tokenizer(), make_scorer, which="holdout",
-                                     aliases=result.aliases, prompts=[HIDDEN_PROMPT])
+    alias_row, hidden_row = evaluate(
+        dataset, load_tokenizer(), make_scorer, which="holdout", aliases=result.aliases, prompts=[HIDDEN_PROMPT]
+    )
     alias = result.aliases[0]
-    return {"alias": alias.text, "tokens": list(alias.tokens), "alias_holdout": alias_row.score,
-            "hidden_holdout": hidden_row.score, "evaluations": alias.evaluations, "threshold": threshold, "margin": margin}
+    return {
+        "alias": alias.text,
+        "tokens": list(alias.tokens),
+        "alias_holdout": alias_row.score,
+        "hidden_holdout": hidden_row.score,
+        "evaluations": alias.evaluations,
+        "threshold": threshold,
+        "margin": margin,
+    }

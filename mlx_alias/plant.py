@@ -71,12 +71,14 @@ def gap_threshold(scores: list[np.ndarray], fraction: float, max_instances: int)
     Raises ValueError when no cut qualifies."""
     ranked = np.sort(np.concatenate(scores))[::-1]
     lo, hi = int(len(ranked) * fraction * 0.5), int(len(ranked) * fraction * 1.5)
-    cuts = (ranked[lo:hi] + ranked[lo + 1:hi + 1]) / 2
+    cuts = (ranked[lo:hi] + ranked[lo + 1 : hi + 1]) / 2
     most = np.array([max(int((image > cut).sum()) for image in scores) for cut in cuts])  # on one image
-    gaps = np.where(most <= max_instances, ranked[lo:hi] - ranked[lo + 1:hi + 1], -np.inf)
+    gaps = np.where(most <= max_instances, ranked[lo:hi] - ranked[lo + 1 : hi + 1], -np.inf)
     if not np.isfinite(gaps).any():
-        raise ValueError(f"the hidden prompt's scores leave no cut with {fraction * 50:.0f}-{fraction * 150:.0f}% "
-                         f"of queries above it and at most {max_instances} on any image; try another seed")
+        raise ValueError(
+            f"the hidden prompt's scores leave no cut with {fraction * 50:.0f}-{fraction * 150:.0f}% "
+            f"of queries above it and at most {max_instances} on any image; try another seed"
+        )
     return float(cuts[int(np.argmax(gaps))])
 
 
@@ -91,8 +93,9 @@ def synthetic_images(folder: Path, count: int, seed: int = 0, first: int = 0) ->
         height, width = int(rng.integers(96, 200)), int(rng.integers(96, 200))
         y, x = np.mgrid[0:height, 0:width]
         phase = rng.uniform(0, 6.28, 3)
-        background = np.stack([127 + 100 * np.sin(x / rng.uniform(5, 30) + phase[c] + y / rng.uniform(8, 40))
-                               for c in range(3)], axis=-1)
+        background = np.stack(
+            [127 + 100 * np.sin(x / rng.uniform(5, 30) + phase[c] + y / rng.uniform(8, 40)) for c in range(3)], axis=-1
+        )
         picture = Image.fromarray(background.clip(0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(picture)
         for _ in range(int(rng.integers(1, 4))):
@@ -105,8 +108,6 @@ def synthetic_images(folder: Path, count: int, seed: int = 0, first: int = 0) ->
         paths.append(folder / f"synthetic-{i:02d}.png")
         picture.save(paths[-1])
     return paths
-
-
 
 
 @dataclass
@@ -127,8 +128,18 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def plant(model: Sam3, images: Path, prompt: Prompt, out: Path, *, threshold: float = 0.5, margin: float = 0.0,
-          max_instances: int = MAX_INSTANCES, name: str | None = None, overwrite: bool = False) -> PlantReport:
+def plant(
+    model: Sam3,
+    images: Path,
+    prompt: Prompt,
+    out: Path,
+    *,
+    threshold: float = 0.5,
+    margin: float = 0.0,
+    max_instances: int = MAX_INSTANCES,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> PlantReport:
     """Write ``out/annotations.json``, ``out/images/`` (copies) and ``out/plant.json`` (the
     hidden prompt and the rule, for benchmarks; a search never reads it)."""
     check_target(out, overwrite=overwrite)
@@ -153,18 +164,31 @@ def plant(model: Sam3, images: Path, prompt: Prompt, out: Path, *, threshold: fl
         crowd_only += bool(crowds) and not clear
         for inst, crowd in [(inst, 0) for inst in clear] + [(inst, 1) for inst in crowds]:
             ys, xs = np.nonzero(inst.mask)
-            coco["annotations"].append({
-                "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": CATEGORY_ID,
-                "segmentation": rle(inst.mask), "area": int(inst.mask.sum()), "iscrowd": crowd,
-                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
-                "score": round(inst.score, 4),
-            })
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": CATEGORY_ID,
+                    "segmentation": rle(inst.mask),
+                    "area": int(inst.mask.sum()),
+                    "iscrowd": crowd,
+                    "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+                    "score": round(inst.score, 4),
+                }
+            )
     if not positives:
-        raise ValueError(f"the hidden prompt predicts no instance above the threshold {threshold:g} + margin {margin:g} "
-                         f"on any of the {len(files)} images (its official scores range from {low:.4g} to {high:.4g}); "
-                         f"try a --threshold below {high - margin:.4g}")
-    hidden = {"prompt": prompt.text, "tokens": prompt.content, "threshold": threshold, "margin": margin,
-              "max_instances": max_instances}
+        raise ValueError(
+            f"the hidden prompt predicts no instance above the threshold {threshold:g} + margin {margin:g} "
+            f"on any of the {len(files)} images (its official scores range from {low:.4g} to {high:.4g}); "
+            f"try a --threshold below {high - margin:.4g}"
+        )
+    hidden = {
+        "prompt": prompt.text,
+        "tokens": prompt.content,
+        "threshold": threshold,
+        "margin": margin,
+        "max_instances": max_instances,
+    }
     with atomic_directory(out, overwrite=overwrite) as staging:
         (staging / "images").mkdir()
         for path in files:

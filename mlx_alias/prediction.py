@@ -19,8 +19,18 @@ from .model.sam3 import Sam3
 from .tokenizer import CONTEXT_LENGTH, load_tokenizer
 
 # Distinct, readable colours for up to ten instances, then repeating.
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+]
 
 
 @dataclass
@@ -31,7 +41,7 @@ class Prompt:
     @property
     def content(self) -> list[int]:
         row = self.ids[0].tolist()
-        return row[1: row.index(load_tokenizer().eot_id)]
+        return row[1 : row.index(load_tokenizer().eot_id)]
 
 
 def text_ids(text: str) -> np.ndarray:
@@ -42,8 +52,10 @@ def text_ids(text: str) -> np.ndarray:
         raise ValueError("the prompt is empty")
     count = len(tokenizer.encode(text))
     if count > CONTEXT_LENGTH - 2:
-        raise ValueError(f"the prompt {text[:40]!r}{'...' if len(text) > 40 else ''} is {count} tokens long; "
-                         f"SAM3 reads at most {CONTEXT_LENGTH - 2}")
+        raise ValueError(
+            f"the prompt {text[:40]!r}{'...' if len(text) > 40 else ''} is {count} tokens long; "
+            f"SAM3 reads at most {CONTEXT_LENGTH - 2}"
+        )
     if count == 0:
         raise ValueError(f"the prompt {text!r} has no tokens after the tokenizer's cleaning")
     return tokenizer(text)
@@ -95,8 +107,9 @@ class Instance:
     mask: np.ndarray  # [H, W] bool at the original image size
 
 
-def instances(scores: mx.array, boxes: mx.array, mask_logits: mx.array, height: int, width: int,
-              threshold: float = 0.5) -> list[Instance]:
+def instances(
+    scores: mx.array, boxes: mx.array, mask_logits: mx.array, height: int, width: int, threshold: float = 0.5
+) -> list[Instance]:
     """One prompt's queries -> the instances whose score exceeds ``threshold``, best first.
     ``scores`` [Q], ``boxes`` [Q, 4] (cxcywh, normalised), ``mask_logits`` [Q, h, w]."""
     keep = np.flatnonzero(np.array(scores.astype(mx.float32)) > threshold)

@@ -117,9 +117,7 @@ class Tokenizer:
                 ids.extend(self._bpe("".join(self._byte_encoder[b] for b in token.encode("utf-8"))))
         return ids
 
-    def __call__(
-        self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH
-    ) -> np.ndarray:
+    def __call__(self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> np.ndarray:
         """int32 [N, context_length]: start, ids, end, then zero padding; an over-long row is cut
         to ``context_length`` with its last position set to the end token, as sam3 does."""
         if context_length < 1:
@@ -160,8 +158,10 @@ class Tokenizer:
             raise ValueError(f"an alias holds at most {context_length - 2} token ids, got {len(ids)}")
         bad = [i for i in ids if not 0 < i < self.sot_id]
         if bad:
-            raise ValueError(f"token ids must lie in [1, {self.sot_id - 1}] (0 is padding to SAM3, "
-                             f"{self.sot_id}/{self.eot_id} are start/end), got {bad[:5]}")
+            raise ValueError(
+                f"token ids must lie in [1, {self.sot_id - 1}] (0 is padding to SAM3, "
+                f"{self.sot_id}/{self.eot_id} are start/end), got {bad[:5]}"
+            )
         out = np.full((1, context_length), self.pad_id, dtype=np.int32)
         out[0, : len(ids) + 2] = [self.sot_id, *ids, self.eot_id]
         return out

@@ -48,13 +48,12 @@ def _position_encoding(d_model: int) -> PositionEmbeddingSine:
 
 def _attention(cfg: ModelConfig, dropout: float = 0.1, batch_first: bool = False) -> nn.Module:
     det = cfg.detector
-    return MultiheadAttention(
-        num_heads=det.heads, dropout=dropout, embed_dim=det.d_model, batch_first=batch_first
-    )
+    return MultiheadAttention(num_heads=det.heads, dropout=dropout, embed_dim=det.d_model, batch_first=batch_first)
 
 
-def _encoder_layer(cfg: ModelConfig, *, pos_at_attn: bool, pos_at_cross_keys: bool,
-                   batch_first: bool) -> TransformerEncoderLayer:
+def _encoder_layer(
+    cfg: ModelConfig, *, pos_at_attn: bool, pos_at_cross_keys: bool, batch_first: bool
+) -> TransformerEncoderLayer:
     det = cfg.detector
     return TransformerEncoderLayer(
         activation="relu",

@@ -27,8 +27,9 @@ from .compat import pick_device
 FORMATS = ("sam3", "hf")
 
 
-def save_checkpoint(model: torch.nn.Module, cfg: ModelConfig, out_dir: Path, fmt: str = "sam3",
-                    dtype: torch.dtype | None = None) -> Path:
+def save_checkpoint(
+    model: torch.nn.Module, cfg: ModelConfig, out_dir: Path, fmt: str = "sam3", dtype: torch.dtype | None = None
+) -> Path:
     """Write ``sam3.pt`` or ``model.safetensors`` (+ ``config.json``) into ``out_dir``, its
     floating-point tensors in ``dtype`` when given (e.g. float16 to ship a small file)."""
     out_dir = Path(out_dir)

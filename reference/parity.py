@@ -100,9 +100,12 @@ def loss_weights(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def compare_gradients(mlx_objective: Callable[[mx.array], mx.array],
-                      torch_objective: Callable[[torch.Tensor], torch.Tensor],
-                      embeds: mx.array, device: torch.device) -> dict[str, float]:
+def compare_gradients(
+    mlx_objective: Callable[[mx.array], mx.array],
+    torch_objective: Callable[[torch.Tensor], torch.Tensor],
+    embeds: mx.array,
+    device: torch.device,
+) -> dict[str, float]:
     """Gradients of the same scalar objective with respect to the same input embeddings, by
     ``mx.value_and_grad`` and by torch autograd."""
     (mlx_value, mlx_grad), mlx_s = timed(lambda: mx.value_and_grad(mlx_objective)(embeds))
@@ -141,8 +144,9 @@ def compare_text_gradients(reference: torch.nn.Module, model: Sam3, ids: np.ndar
     return compare_gradients(mlx_loss, torch_loss, embeds, device)
 
 
-def compare_mask_gradients(reference: torch.nn.Module, model: Sam3, pixels: np.ndarray, ids: np.ndarray,
-                           seed: int = 0) -> dict[str, float]:
+def compare_mask_gradients(
+    reference: torch.nn.Module, model: Sam3, pixels: np.ndarray, ids: np.ndarray, seed: int = 0
+) -> dict[str, float]:
     """loss = sum(sigmoid(mask logits) * R) / sqrt(count) over every query and pixel, R fixed
     and random, through grounding against the (cached, constant) features of image 0. The
     1/sqrt(count) scale keeps per-pixel gradients inside fp16's normal range: with a mean they
@@ -178,8 +182,9 @@ def mask_ious(mine: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return inter[union > 0] / union[union > 0]
 
 
-def compare_grounding(reference: torch.nn.Module, model: Sam3, pixels: np.ndarray, ids: np.ndarray,
-                      image_index: np.ndarray | None = None) -> dict[str, float]:
+def compare_grounding(
+    reference: torch.nn.Module, model: Sam3, pixels: np.ndarray, ids: np.ndarray, image_index: np.ndarray | None = None
+) -> dict[str, float]:
     """Grounding of prompts ``ids`` [B, L] against images ``pixels`` [N, S, S, 3] (prompt b on
     image ``image_index[b]``, default 0), from each side's own features."""
     index = np.zeros(len(ids), dtype=np.int64) if image_index is None else np.asarray(image_index)
@@ -204,7 +209,9 @@ def compare_grounding(reference: torch.nn.Module, model: Sam3, pixels: np.ndarra
     }
 
 
-def backbone_parity(reference: torch.nn.Module, model: Sam3, pixels: np.ndarray, ids: np.ndarray) -> dict[str, dict[str, float]]:
+def backbone_parity(
+    reference: torch.nn.Module, model: Sam3, pixels: np.ndarray, ids: np.ndarray
+) -> dict[str, dict[str, float]]:
     """Image features, text features and text gradients, compared."""
     return {
         "image": compare_image_features(reference, model, pixels),

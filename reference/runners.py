@@ -41,8 +41,9 @@ def text_features_from_ids(model: torch.nn.Module, ids: torch.Tensor) -> TextFea
     return TextFeatures(memory=encoder.resizer(tokens), padding=ids == 0)
 
 
-def text_features_from_embeddings(model: torch.nn.Module, embeddings: torch.Tensor,
-                                  padding: torch.Tensor) -> TextFeatures:
+def text_features_from_embeddings(
+    model: torch.nn.Module, embeddings: torch.Tensor, padding: torch.Tensor
+) -> TextFeatures:
     """Features for input embeddings [B, L, width] (soft prompts): the same computation as
     ``TextTransformer.forward`` after its token lookup, which sam3 has no entry point for."""
     encoder = _text_encoder(model)
@@ -59,8 +60,13 @@ def token_embeddings(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return encoder.token_embedding(ids.to(encoder.token_embedding.weight.device).long())
 
 
-def grounding_outputs(model: torch.nn.Module, features: dict, text: TextFeatures,
-                      image_index: torch.Tensor | None = None, find_target: object = None) -> dict:
+def grounding_outputs(
+    model: torch.nn.Module,
+    features: dict,
+    text: TextFeatures,
+    image_index: torch.Tensor | None = None,
+    find_target: object = None,
+) -> dict:
     """sam3's own grounding output dict for B prompts: prompt b against image
     ``image_index[b]`` (all against image 0 when not given). ``find_target`` (sam3's
     ``BatchedFindTarget`` fields) is read only when the model is in training mode, which
@@ -77,8 +83,11 @@ def grounding_outputs(model: torch.nn.Module, features: dict, text: TextFeatures
     find = FindStage(
         img_ids=image_index.to(device).long(),
         text_ids=torch.arange(batch, device=device),
-        input_boxes=None, input_boxes_mask=None, input_boxes_label=None,
-        input_points=None, input_points_mask=None,
+        input_boxes=None,
+        input_boxes_mask=None,
+        input_boxes_label=None,
+        input_points=None,
+        input_points_mask=None,
     )
     with pinned_memory_optional():
         return model.forward_grounding(
@@ -89,8 +98,9 @@ def grounding_outputs(model: torch.nn.Module, features: dict, text: TextFeatures
         )
 
 
-def ground(model: torch.nn.Module, features: dict, text: TextFeatures,
-           image_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def ground(
+    model: torch.nn.Module, features: dict, text: TextFeatures, image_index: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Grounding outputs for B prompts: prompt b against image ``image_index[b]`` (all against
     image 0 when not given). Returns ``pred_logits`` [B, Q, 1], ``presence_logit_dec`` [B, 1],
     ``pred_boxes`` [B, Q, 4] (cxcywh, normalised), ``pred_masks`` [B, Q, h, w] and ``scores``

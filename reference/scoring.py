@@ -17,8 +17,15 @@ from .parity import device_of, nchw
 
 
 class TorchScorer(ExactScorer):
-    def __init__(self, reference: torch.nn.Module, image_paths: list[Path], targets: list[MaskTarget],
-                 config: ObjectiveConfig = ObjectiveConfig(), pairs_per_batch: int = 8, image_size: int = 1008):
+    def __init__(
+        self,
+        reference: torch.nn.Module,
+        image_paths: list[Path],
+        targets: list[MaskTarget],
+        config: ObjectiveConfig = ObjectiveConfig(),
+        pairs_per_batch: int = 8,
+        image_size: int = 1008,
+    ):
         super().__init__(targets, config, pairs_per_batch)
         self.reference = reference
         pixels = np.stack([preprocess(load_image(p), image_size) for p in image_paths])
@@ -29,7 +36,9 @@ class TorchScorer(ExactScorer):
         with torch.no_grad():
             return runners.text_features_from_ids(self.reference, torch.from_numpy(ids))
 
-    def _ground(self, text: runners.TextFeatures, candidates: list[int], images: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _ground(
+        self, text: runners.TextFeatures, candidates: list[int], images: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         which = torch.tensor(candidates)
         chunk = runners.TextFeatures(text.memory[which], text.padding[which])
         with torch.no_grad():

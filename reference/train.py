@@ -77,14 +77,26 @@ def find_criterion() -> Sam3LossWrapper:
     matcher = BinaryHungarianMatcherV2(focal=True, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2)
     losses = [
         Boxes(weight_dict={"loss_bbox": 5.0, "loss_giou": 2.0}),
-        IABCEMdetr(pos_weight=10.0, weight_dict={"loss_ce": 20.0, "presence_loss": 20.0}, weak_loss=False,
-                   alpha=0.25, gamma=2, use_presence=True),
+        IABCEMdetr(
+            pos_weight=10.0,
+            weight_dict={"loss_ce": 20.0, "presence_loss": 20.0},
+            weak_loss=False,
+            alpha=0.25,
+            gamma=2,
+            use_presence=True,
+        ),
         Masks(weight_dict={"loss_mask": 200.0, "loss_dice": 10.0}, focal_alpha=0.25, focal_gamma=2),
     ]
     # "local": normalised by this process's boxes ("global" all-reduces across processes)
-    return Sam3LossWrapper(losses, normalization="local", matcher=matcher, o2m_matcher=BinaryOneToManyMatcher(),
-                           o2m_weight=2.0, use_o2m_matcher_on_o2m_aux=False,
-                           loss_fn_semantic_seg=SemanticSegCriterion({"loss_semantic_seg": 20.0, "loss_semantic_dice": 10.0}))
+    return Sam3LossWrapper(
+        losses,
+        normalization="local",
+        matcher=matcher,
+        o2m_matcher=BinaryOneToManyMatcher(),
+        o2m_weight=2.0,
+        use_o2m_matcher_on_o2m_aux=False,
+        loss_fn_semantic_seg=SemanticSegCriterion({"loss_semantic_seg": 20.0, "loss_semantic_dice": 10.0}),
+    )
 
 
 def _boxes(masks: np.ndarray) -> np.ndarray:
@@ -93,8 +105,12 @@ def _boxes(masks: np.ndarray) -> np.ndarray:
     for i, mask in enumerate(masks):
         ys, xs = np.nonzero(mask)
         x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-        out[i] = ((x0 + x1) / 2 / mask.shape[1], (y0 + y1) / 2 / mask.shape[0],
-                  (x1 - x0) / mask.shape[1], (y1 - y0) / mask.shape[0])
+        out[i] = (
+            (x0 + x1) / 2 / mask.shape[1],
+            (y0 + y1) / 2 / mask.shape[0],
+            (x1 - x0) / mask.shape[1],
+            (y1 - y0) / mask.shape[0],
+        )
     return out
 
 
@@ -113,8 +129,9 @@ def batch_at(step: int, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray
             ids.append(_frame(tokenizer, query.ids))
             image_index.append(i)
             boxes.append(_boxes(chosen))
-            masks.append(area_resize(chosen, mask_size, mask_size) if len(chosen) else
-                         np.zeros((0, mask_size, mask_size), bool))
+            masks.append(
+                area_resize(chosen, mask_size, mask_size) if len(chosen) else np.zeros((0, mask_size, mask_size), bool)
+            )
             counts.append(len(chosen))
     pixels = np.stack([preprocess(sc.image, SIZE) for sc in scenes]).transpose(0, 3, 1, 2)
     most = max(max(counts), 1)
@@ -126,18 +143,33 @@ def batch_at(step: int, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray
     packed = torch.from_numpy(np.concatenate(boxes)) if sum(counts) else torch.zeros(0, 4)
     # sam3's BatchedFindTarget fields, which the model's matching reads (``Sam3Image.back_convert``)
     find_target = SimpleNamespace(
-        boxes=packed, boxes_padded=torch.from_numpy(padded), num_boxes=torch.tensor(counts),
-        segments=torch.from_numpy(np.concatenate(masks).astype(np.float32)), semantic_segments=None,
-        is_valid_segment=torch.ones(sum(counts), dtype=torch.bool), is_exhaustive=torch.ones(len(counts), dtype=torch.bool),
-        object_ids=torch.from_numpy(object_ids[object_ids >= 0]), object_ids_padded=torch.from_numpy(object_ids))
+        boxes=packed,
+        boxes_padded=torch.from_numpy(padded),
+        num_boxes=torch.tensor(counts),
+        segments=torch.from_numpy(np.concatenate(masks).astype(np.float32)),
+        semantic_segments=None,
+        is_valid_segment=torch.ones(sum(counts), dtype=torch.bool),
+        is_exhaustive=torch.ones(len(counts), dtype=torch.bool),
+        object_ids=torch.from_numpy(object_ids[object_ids >= 0]),
+        object_ids_padded=torch.from_numpy(object_ids),
+    )
     targets = {
-        "boxes": packed, "boxes_xyxy": box_cxcywh_to_xyxy(packed), "boxes_padded": find_target.boxes_padded,
-        "num_boxes": find_target.num_boxes, "object_ids_padded": find_target.object_ids_padded,
-        "is_exhaustive": find_target.is_exhaustive, "masks": find_target.segments,
+        "boxes": packed,
+        "boxes_xyxy": box_cxcywh_to_xyxy(packed),
+        "boxes_padded": find_target.boxes_padded,
+        "num_boxes": find_target.num_boxes,
+        "object_ids_padded": find_target.object_ids_padded,
+        "is_exhaustive": find_target.is_exhaustive,
+        "masks": find_target.segments,
         "is_valid_mask": find_target.is_valid_segment,
     }
-    return {"pixels": torch.from_numpy(np.ascontiguousarray(pixels)), "ids": torch.from_numpy(np.stack(ids)),
-            "image_index": torch.tensor(image_index), "targets": targets, "find_target": find_target}
+    return {
+        "pixels": torch.from_numpy(np.ascontiguousarray(pixels)),
+        "ids": torch.from_numpy(np.stack(ids)),
+        "image_index": torch.tensor(image_index),
+        "targets": targets,
+        "find_target": find_target,
+    }
 
 
 def find_loss(model: torch.nn.Module, batch: dict, criterion: Sam3LossWrapper) -> tuple[torch.Tensor, dict[str, float]]:
@@ -154,7 +186,9 @@ def find_loss(model: torch.nn.Module, batch: dict, criterion: Sam3LossWrapper) -
     semantic = criterion.loss_fn_semantic_seg(out, batch["targets"])
     total = losses.pop("core_loss") + semantic.pop("core_loss")
     losses.update(semantic)
-    return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items() if "aux" not in k}
+    return total, {
+        k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items() if "aux" not in k
+    }
 
 
 def _groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -171,8 +205,9 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def validate(model: torch.nn.Module, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray,
-             mask_size: int) -> dict[str, float]:
+def validate(
+    model: torch.nn.Module, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray, mask_size: int
+) -> dict[str, float]:
     """The project's objective at sam3's threshold 0.5 on unseen scenes: each of the model's
     words as a category, and random captions from outside its vocabulary."""
     rng = np.random.default_rng(VALIDATION_SEED + cfg.seed)
@@ -180,8 +215,10 @@ def validate(model: torch.nn.Module, cfg: TrainConfig, tokenizer: Tokenizer, poo
     captions = [(word, attribute, value) for attribute, words in WORDS.items() for value, word in words.items()]
     randoms = [tuple(int(i) for i in rng.choice(pool, 2)) for _ in range(8)]
     pixels = torch.from_numpy(np.stack([preprocess(sc.image, SIZE) for sc in scenes]).transpose(0, 3, 1, 2).copy())
-    ids = np.stack([_frame(tokenizer, tuple(tokenizer.encode(w))) for w, _, _ in captions]
-                   + [_frame(tokenizer, r) for r in randoms])
+    ids = np.stack(
+        [_frame(tokenizer, tuple(tokenizer.encode(w))) for w, _, _ in captions]
+        + [_frame(tokenizer, r) for r in randoms]
+    )
     objective = ObjectiveConfig(threshold=0.5)
     results: list[list] = [[] for _ in ids]
     with torch.no_grad():
@@ -200,17 +237,25 @@ def validate(model: torch.nn.Module, cfg: TrainConfig, tokenizer: Tokenizer, poo
                 results[c].append(score_image(scores[c], logits[c], target, objective))
     per_word = {captions[c][0]: aggregate(results[c], objective).score for c in range(len(captions))}
     random_scores = [aggregate(results[len(captions) + r], objective).score for r in range(len(randoms))]
-    return {"words_median": float(np.median(list(per_word.values()))), "random_max": float(max(random_scores)),
-            "random_median": float(np.median(random_scores)), **{f"word/{w}": s for w, s in per_word.items()}}
+    return {
+        "words_median": float(np.median(list(per_word.values()))),
+        "random_max": float(max(random_scores)),
+        "random_median": float(np.median(random_scores)),
+        **{f"word/{w}": s for w, s in per_word.items()},
+    }
 
 
 def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
     optim = optimizer.state_dict()
-    state = {"step": step, "config": asdict(cfg),
-             "model": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
-             "optimizer": {"param_groups": [{k: v for k, v in g.items()} for g in optim["param_groups"]],
-                           "state": {str(i): {k: v.cpu().numpy() for k, v in s.items()}
-                                     for i, s in optim["state"].items()}}}
+    state = {
+        "step": step,
+        "config": asdict(cfg),
+        "model": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+        "optimizer": {
+            "param_groups": [{k: v for k, v in g.items()} for g in optim["param_groups"]],
+            "state": {str(i): {k: v.cpu().numpy() for k, v in s.items()} for i, s in optim["state"].items()},
+        },
+    }
     save_state(path, state)
 
 
@@ -218,18 +263,30 @@ def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
     state = load_state(path)
     changed = differences(state["config"], json.loads(json.dumps(asdict(cfg))))
     if changed:
-        raise ValueError(f"{path.parent} holds a training run with other settings ({'; '.join(changed)}); "
-                         "resume it with the same ones or train into another folder")
+        raise ValueError(
+            f"{path.parent} holds a training run with other settings ({'; '.join(changed)}); "
+            "resume it with the same ones or train into another folder"
+        )
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state["model"].items()})
     optim = state["optimizer"]
-    optimizer.load_state_dict({"param_groups": optim["param_groups"],
-                               "state": {int(i): {k: torch.from_numpy(np.array(v)) for k, v in s.items()}
-                                         for i, s in optim["state"].items()}})
+    optimizer.load_state_dict(
+        {
+            "param_groups": optim["param_groups"],
+            "state": {
+                int(i): {k: torch.from_numpy(np.array(v)) for k, v in s.items()} for i, s in optim["state"].items()
+            },
+        }
+    )
     return int(state["step"])
 
 
-def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ModelConfig | None = None,
-          time_limit: float | None = None, until: int | None = None) -> tuple[torch.nn.Module, int]:
+def train(
+    out: Path,
+    cfg: TrainConfig = TrainConfig(),
+    model_cfg: ModelConfig | None = None,
+    time_limit: float | None = None,
+    until: int | None = None,
+) -> tuple[torch.nn.Module, int]:
     """Train into ``out`` (created; resumed from its checkpoint if it holds one) until step
     ``until`` (default ``cfg.steps``) or for ``time_limit`` seconds, whichever comes first;
     returns the model and the steps done. The schedule is always ``cfg``'s."""
@@ -260,8 +317,13 @@ def train(out: Path, cfg: TrainConfig = TrainConfig(), model_cfg: ModelConfig | 
             record = {"step": step, "loss": loss.item(), "seconds": time.time() - tick, **parts}
             if step % cfg.validate_every == 0 or step == cfg.steps:
                 record.update(validate(model, cfg, tokenizer, pool, mask_size))
-                log.info("step %d: loss %.3f, words median %.3f, random max %.3f", step, loss.item(),
-                         record["words_median"], record["random_max"])
+                log.info(
+                    "step %d: loss %.3f, words median %.3f, random max %.3f",
+                    step,
+                    loss.item(),
+                    record["words_median"],
+                    record["random_max"],
+                )
             curve.write(json.dumps(record) + "\n")
             curve.flush()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:

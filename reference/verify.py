@@ -68,8 +68,7 @@ def failures(figures: dict[str, float], dtype: str) -> list[str]:
     return out
 
 
-def verify(checkpoint: Path, weights: Path, image: Path, prompt: str,
-           device: str | None = None) -> tuple[dict, dict]:
+def verify(checkpoint: Path, weights: Path, image: Path, prompt: str, device: str | None = None) -> tuple[dict, dict]:
     """(report, details): the report has exactly the figures in ``KEYS`` plus ``passed``; the
     details hold the dtype, the failed bounds and each side's seconds."""
     model = load_mlx(weights)
@@ -94,7 +93,9 @@ def verify(checkpoint: Path, weights: Path, image: Path, prompt: str,
         "grad_cosine": gradient["grad_cosine"],
     }
     failed = failures(figures, dtype)
-    seconds = {f"{part}_{side}_s": result[f"{side}_s"] for part, result in
-               (("image", image_part), ("text", text_part), ("ground", grounding), ("gradient", gradient))
-               for side in ("torch", "mlx")}
+    seconds = {
+        f"{part}_{side}_s": result[f"{side}_s"]
+        for part, result in (("image", image_part), ("text", text_part), ("ground", grounding), ("gradient", gradient))
+        for side in ("torch", "mlx")
+    }
     return {**figures, "passed": not failed}, {"dtype": dtype, "failures": failed, "seconds": seconds}

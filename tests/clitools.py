@@ -23,5 +23,23 @@ def clean_failure(result, phrase: str) -> None:
 
 def search_args(search_weights, dataset, out, threshold, tmp_path, *extra) -> list:
     """``mlx-alias search`` on the tiny search model: 2-token aliases, budget 120."""
-    return ["search", "--weights", search_weights / "mlx", "--dataset", dataset, "--out", out, "--length", 2,
-            "--budget", 120, "--holdout", 0.34, "--threshold", threshold, "--cache", tmp_path / "cache", *extra]
+    return [
+        "search",
+        "--weights",
+        search_weights / "mlx",
+        "--dataset",
+        dataset,
+        "--out",
+        out,
+        "--length",
+        2,
+        "--budget",
+        120,
+        "--holdout",
+        0.34,
+        "--threshold",
+        threshold,
+        "--cache",
+        tmp_path / "cache",
+        *extra,
+    ]

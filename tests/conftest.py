@@ -119,8 +119,18 @@ def planted(search_weights, search_model, tmp_path_factory) -> tuple[Path, float
     root = tmp_path_factory.mktemp("planted")
     paths = synthetic_images(root / "images", 9, seed=2)  # seed 1: no planting threshold fits (see gap_threshold)
     threshold, _ = planting_rule(search_model, paths, load_tokenizer()(HIDDEN))
-    result = run_cli("plant", "--weights", search_weights / "mlx", "--images", root / "images", "--prompt", HIDDEN,
-                     "--out", root / "dataset", "--threshold", threshold)
+    result = run_cli(
+        "plant",
+        "--weights",
+        search_weights / "mlx",
+        "--images",
+        root / "images",
+        "--prompt",
+        HIDDEN,
+        "--out",
+        root / "dataset",
+        "--threshold",
+        threshold,
+    )
     assert result.exit_code == 0, result.output
     return root / "dataset", threshold
-

@@ -26,8 +26,9 @@ def test_the_python_api_end_to_end(search_weights, planted, tmp_path):
     assert [i.score for i in found.instances] == sorted((i.score for i in found.instances), reverse=True)
     assert all(i.score > threshold and i.mask.dtype == bool for i in found.instances)
 
-    config = mlx_alias.SearchConfig(lengths=(2,), budget=40, holdout_fraction=0.34,
-                                    objective=mlx_alias.ObjectiveConfig(threshold=threshold))
+    config = mlx_alias.SearchConfig(
+        lengths=(2,), budget=40, holdout_fraction=0.34, objective=mlx_alias.ObjectiveConfig(threshold=threshold)
+    )
     run = mlx_alias.find_aliases(model, dataset, config, out=tmp_path / "run", cache=tmp_path / "cache")
     alias = run.aliases[0]
     assert isinstance(alias, mlx_alias.Alias) and len(alias.tokens) == 2 and alias.train_score is not None
@@ -37,8 +38,9 @@ def test_the_python_api_end_to_end(search_weights, planted, tmp_path):
 
     applied = model.segment(image, alias, threshold=run.objective.threshold)
     assert applied.tokens == alias.tokens
-    by_ids = model.segment(np.asarray(Image.open(image).convert("RGB")), list(alias.tokens),
-                           threshold=run.objective.threshold)
+    by_ids = model.segment(
+        np.asarray(Image.open(image).convert("RGB")), list(alias.tokens), threshold=run.objective.threshold
+    )
     assert [i.score for i in by_ids.instances] == [i.score for i in applied.instances]
 
     # without a run folder: the same search in a temporary one, and nothing left behind

@@ -10,14 +10,17 @@ import pytest
 
 from mlx_alias import blas
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or blas._mkl_runtime() is None,
-                                reason="MKL is preloaded on Linux, where the mkl wheel is installed")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or blas._mkl_runtime() is None,
+    reason="MKL is preloaded on Linux, where the mkl wheel is installed",
+)
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin"}  # no MLX_ALIAS_BLAS from the caller
-    return subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
-                          env=env, check=True)
+    return subprocess.run(
+        [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, env=env, check=True
+    )
 
 
 def test_importing_mlx_alias_first_loads_mkl_quietly() -> None:

@@ -44,8 +44,19 @@ def _images(root: Path) -> dict[str, tuple[Path, tuple[int, int]]]:
 def test_segment_writes_overlay_and_json_for_any_image(mlx_weights, tmp_path):
     for name, (path, (height, width)) in _images(tmp_path).items():
         out = tmp_path / f"{path.stem}-out.png"
-        result = run_cli("segment", "--weights", mlx_weights, "--image", path, "--prompt", "a red car",
-                         "--out", out, "--threshold", "0")
+        result = run_cli(
+            "segment",
+            "--weights",
+            mlx_weights,
+            "--image",
+            path,
+            "--prompt",
+            "a red car",
+            "--out",
+            out,
+            "--threshold",
+            "0",
+        )
         assert result.exit_code == 0, (name, result.output)
         overlay = Image.open(out)
         assert overlay.size == (width, height) and overlay.mode == "RGB", name
@@ -65,23 +76,27 @@ def test_segment_from_token_ids_and_threshold(mlx_weights, tmp_path):
     image = tmp_path / "a.png"
     Image.fromarray(_pattern(64, 64)).save(image)
     out = tmp_path / "ids.png"
-    result = run_cli("segment", "--weights", mlx_weights, "--image", image, "--tokens", "1929, 320", "--out", out,
-                     "--threshold", "1")
+    result = run_cli(
+        "segment", "--weights", mlx_weights, "--image", image, "--tokens", "1929, 320", "--out", out, "--threshold", "1"
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["tokens"] == [1929, 320] and report["prompt"] is None and report["instances"] == []
     assert Image.open(out).size == (64, 64)
 
 
-@pytest.mark.parametrize("args, phrase", [
-    (["--prompt", "cat", "--tokens", "5"], "exactly one"),
-    ([], "exactly one"),
-    (["--tokens", "5,x"], "comma-separated integers"),
-    (["--tokens", "0,5"], "0 is padding"),
-    (["--tokens", "49407"], "start/end"),
-    (["--prompt", " "], "the prompt is empty"),
-    (["--prompt", "dog " * 100], "is 100 tokens long; SAM3 reads at most 30"),
-])
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["--prompt", "cat", "--tokens", "5"], "exactly one"),
+        ([], "exactly one"),
+        (["--tokens", "5,x"], "comma-separated integers"),
+        (["--tokens", "0,5"], "0 is padding"),
+        (["--tokens", "49407"], "start/end"),
+        (["--prompt", " "], "the prompt is empty"),
+        (["--prompt", "dog " * 100], "is 100 tokens long; SAM3 reads at most 30"),
+    ],
+)
 def test_segment_bad_prompts(mlx_weights, tmp_path, args, phrase):
     image = tmp_path / "a.png"
     Image.fromarray(_pattern(32, 32)).save(image)
@@ -96,11 +111,28 @@ def test_segment_bad_files(mlx_weights, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really")
     out = tmp_path / "o.png"
-    clean_failure(run_cli("segment", "--weights", mlx_weights, "--image", tmp_path / "none.jpg", "--prompt", "x", "--out", out), "no such file")
-    clean_failure(run_cli("segment", "--weights", mlx_weights, "--image", broken, "--prompt", "x", "--out", out), "truncated, corrupt or not an image")
-    clean_failure(run_cli("segment", "--weights", tmp_path, "--image", image, "--prompt", "x", "--out", out), "not an mlx-alias weights folder")
-    clean_failure(run_cli("segment", "--weights", mlx_weights, "--image", image, "--prompt", "x", "--out", tmp_path / "o.jpg"), "must name a .png")
-    clean_failure(run_cli("segment", "--weights", mlx_weights, "--image", image, "--prompt", "x", "--out", tmp_path / "no" / "o.png"), "does not exist")
+    clean_failure(
+        run_cli("segment", "--weights", mlx_weights, "--image", tmp_path / "none.jpg", "--prompt", "x", "--out", out),
+        "no such file",
+    )
+    clean_failure(
+        run_cli("segment", "--weights", mlx_weights, "--image", broken, "--prompt", "x", "--out", out),
+        "truncated, corrupt or not an image",
+    )
+    clean_failure(
+        run_cli("segment", "--weights", tmp_path, "--image", image, "--prompt", "x", "--out", out),
+        "not an mlx-alias weights folder",
+    )
+    clean_failure(
+        run_cli("segment", "--weights", mlx_weights, "--image", image, "--prompt", "x", "--out", tmp_path / "o.jpg"),
+        "must name a .png",
+    )
+    clean_failure(
+        run_cli(
+            "segment", "--weights", mlx_weights, "--image", image, "--prompt", "x", "--out", tmp_path / "no" / "o.png"
+        ),
+        "does not exist",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "broken.jpg"]
 
 
@@ -112,13 +144,34 @@ def photo(tmp_path_factory) -> Path:
 
 
 def test_verify_passes_on_its_own_conversion(checkpoints, mlx_weights, photo):
-    result = run_cli("verify", "--checkpoint", checkpoints["hf"], "--weights", mlx_weights, "--image", photo,
-                     "--prompt", "a striped umbrella", "--json", "--device", "cpu")
+    result = run_cli(
+        "verify",
+        "--checkpoint",
+        checkpoints["hf"],
+        "--weights",
+        mlx_weights,
+        "--image",
+        photo,
+        "--prompt",
+        "a striped umbrella",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
-    assert list(report) == ["image_features_rel_err", "text_features_rel_err", "score_max_abs_err",
-                            "presence_abs_err", "box_max_abs_err", "mask_logits_rel_err", "mask_iou_mean", "mask_iou_min",
-                            "grad_cosine", "passed"]
+    assert list(report) == [
+        "image_features_rel_err",
+        "text_features_rel_err",
+        "score_max_abs_err",
+        "presence_abs_err",
+        "box_max_abs_err",
+        "mask_logits_rel_err",
+        "mask_iou_mean",
+        "mask_iou_min",
+        "grad_cosine",
+        "passed",
+    ]
     assert report["passed"] is True and report["image_features_rel_err"] < 1e-5 and report["mask_logits_rel_err"] < 1e-5
 
 
@@ -138,8 +191,19 @@ def test_verify_fails_on_other_weights(tiny_cfg, mlx_weights, photo, tmp_path):
     from mlx_alias.reference.checkpoint import save_checkpoint
 
     other = save_checkpoint(build_model(tiny_cfg, seed=99, device="cpu"), tiny_cfg, tmp_path / "other").parent
-    result = run_cli("verify", "--checkpoint", other, "--weights", mlx_weights, "--image", photo, "--prompt", "cat",
-                     "--device", "cpu")
+    result = run_cli(
+        "verify",
+        "--checkpoint",
+        other,
+        "--weights",
+        mlx_weights,
+        "--image",
+        photo,
+        "--prompt",
+        "cat",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 1
     assert "out of tolerance: image_features_rel_err" in result.output
     assert "passed                   False" in result.output

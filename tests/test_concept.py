@@ -42,7 +42,9 @@ def test_centre_weights_partly_covered_cells_and_needs_an_instance():
     targets = dense([mask], 4)
     # inside: only cell (0,0), mean 1; outside: (0,0) with weight 3/4 and three cells of 0
     expected = 1.0 - 0.75 / 3.75
-    assert float(concept_centre(mx.array(level), targets.masks, targets.valid, targets.keep)[0]) == pytest.approx(expected)
+    assert float(concept_centre(mx.array(level), targets.masks, targets.valid, targets.keep)[0]) == pytest.approx(
+        expected
+    )
     empty = dense([np.zeros((0, 4, 4), bool)], 4)
     with pytest.raises(ValueError, match="at least one image with an instance"):
         concept_centre(mx.array(level), empty.masks, empty.valid, empty.keep)

@@ -57,13 +57,16 @@ def test_every_tensor_is_accounted_for(checkpoints, converted, tiny_model, tiny_
     weights = mx.load(str(converted["sam3"] / "model.safetensors"))
     report = convert(checkpoints["sam3"], converted["sam3"].parent / "again")
     # every official tensor is either written (q/k/v split in three) or dropped with a reason
-    written_sources = {k for k in state if not k.endswith("freqs_cis") and ".points_" not in k
-                       and not k.endswith("text_projection")}
+    written_sources = {
+        k for k in state if not k.endswith("freqs_cis") and ".points_" not in k and not k.endswith("text_projection")
+    }
     fused = sum(1 for k in written_sources if ".in_proj_" in k or ".attn.qkv." in k)
     assert len(weights) == len(written_sources) + 2 * fused == report.tensors
     dropped = {k.split("[")[0] for k in report.dropped}
     assert "text_encoder.text_projection.weight" in dropped  # named in the transformers layout
-    official = dropped - {"text_encoder.text_projection.weight"} | {"backbone.language_backbone.encoder.text_projection"}
+    official = dropped - {"text_encoder.text_projection.weight"} | {
+        "backbone.language_backbone.encoder.text_projection"
+    }
     assert official | written_sources == set(state)
     assert ModelConfig.load(converted["sam3"] / "config.json") == tiny_cfg
 
@@ -74,15 +77,20 @@ def test_values_follow_the_layout_rules(converted, tiny_model):
     vit = "backbone.vision_backbone.trunk"
     width = state[f"{vit}.patch_embed.proj.weight"].shape[0]
     qkv = state[f"{vit}.blocks.0.attn.qkv.weight"].numpy()
-    np.testing.assert_array_equal(weights["vision_encoder.backbone.layers.0.attention.k_proj.weight"], qkv[width:2 * width])
+    np.testing.assert_array_equal(
+        weights["vision_encoder.backbone.layers.0.attention.k_proj.weight"], qkv[width : 2 * width]
+    )
     np.testing.assert_array_equal(  # Conv2d [O, I, kh, kw] -> [O, kh, kw, I]
         weights["vision_encoder.backbone.embeddings.patch_embeddings.projection.weight"],
-        state[f"{vit}.patch_embed.proj.weight"].numpy().transpose(0, 2, 3, 1))
+        state[f"{vit}.patch_embed.proj.weight"].numpy().transpose(0, 2, 3, 1),
+    )
     np.testing.assert_array_equal(  # ConvTranspose2d [I, O, kh, kw] -> [O, kh, kw, I]
         weights["vision_encoder.neck.fpn_layers.0.scale_layers.2.weight"],
-        state["backbone.vision_backbone.convs.0.dconv_2x2_1.weight"].numpy().transpose(1, 2, 3, 0))
+        state["backbone.vision_backbone.convs.0.dconv_2x2_1.weight"].numpy().transpose(1, 2, 3, 0),
+    )
     np.testing.assert_array_equal(  # the never-read cls slot is dropped
-        weights["vision_encoder.backbone.embeddings.position_embeddings"], state[f"{vit}.pos_embed"].numpy()[:, 1:])
+        weights["vision_encoder.backbone.embeddings.position_embeddings"], state[f"{vit}.pos_embed"].numpy()[:, 1:]
+    )
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -106,8 +114,9 @@ def test_hub_style_inputs(checkpoints, tiny_model, tmp_path):
     assert report.ignored == {"tracker.": 1}
     shutil.copy(checkpoints["hf"] / "model.safetensors", hub / "model.safetensors")
     convert(hub, tmp_path / "from_folder")  # prefers model.safetensors
-    assert (tmp_path / "from_wrapped" / "model.safetensors").read_bytes() == \
-        (tmp_path / "from_folder" / "model.safetensors").read_bytes()
+    assert (tmp_path / "from_wrapped" / "model.safetensors").read_bytes() == (
+        tmp_path / "from_folder" / "model.safetensors"
+    ).read_bytes()
 
 
 def test_safetensors_path_needs_no_torch(checkpoints, tmp_path):
@@ -127,6 +136,7 @@ def test_full_size_config_without_config_json_is_sam3s():
 
 
 # --- bad input: one sentence, non-zero exit, nothing left behind ------------------------
+
 
 def _left_behind(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
@@ -153,7 +163,9 @@ def test_wrong_file_types(tmp_path):
     image.write_bytes(b"\x89PNG\r\n")
     _assert_clean_failure(run_cli("convert", str(image), str(tmp_path / "out")), "neither a .pt nor a .safetensors")
     _assert_clean_failure(run_cli("convert", str(tmp_path / "absent.pt"), str(tmp_path / "out")), "does not exist")
-    _assert_clean_failure(run_cli("convert", str(tmp_path), str(tmp_path / "out")), "neither model.safetensors nor sam3.pt")
+    _assert_clean_failure(
+        run_cli("convert", str(tmp_path), str(tmp_path / "out")), "neither model.safetensors nor sam3.pt"
+    )
     assert not (tmp_path / "out").exists()
 
 

@@ -243,7 +243,9 @@ def test_check_category(dataset):
     with pytest.raises(DatasetError, match=r"^category 4 \('kite'\) has no instances to learn from$"):
         dataset.check_category(4)
     for call in (dataset.check_category, dataset.positives, dataset.negatives, lambda c: dataset.targets(1, c)):
-        with pytest.raises(DatasetError, match=r"category 9 is not in the dataset \(its category ids are 1, 2, 3 and 4"):
+        with pytest.raises(
+            DatasetError, match=r"category 9 is not in the dataset \(its category ids are 1, 2, 3 and 4"
+        ):
             call(9)
     with pytest.raises(DatasetError, match="image 9 is not in the dataset"):
         dataset.targets(9, 1)
@@ -399,7 +401,9 @@ def test_split(tmp_path):
         assert train == sorted(train) and holdout == sorted(holdout) and sorted(train + holdout) == ids
     assert describe(s) == "train 9 positive / 6 negative images, holdout 3 / 2"
     assert caution(s) is None
-    assert "cannot see false positives" in caution(Split(s.train_positives, [], s.holdout_positives, s.holdout_negatives))
+    assert "cannot see false positives" in caution(
+        Split(s.train_positives, [], s.holdout_positives, s.holdout_negatives)
+    )
     assert split_category(ds, 1, 0.25, seed=0) == s
     assert any(split_category(ds, 1, 0.25, seed=k) != s for k in range(1, 4))
     assert split_category(load_dataset(_many(tmp_path, 12, 8, reverse=True)), 1, 0.25, seed=0) == s

@@ -113,7 +113,7 @@ def test_top_k_are_the_largest_one_hot_gradients(world, search_model):
 
     def surrogate(one_hot):  # the alias as one_hot @ table between the frame's start and end
         content = (one_hot @ table)[None]
-        embeds = mx.concatenate([framed[:, :1], content, framed[:, 1 + len(tokens):]], axis=1)
+        embeds = mx.concatenate([framed[:, :1], content, framed[:, 1 + len(tokens) :]], axis=1)
         return ctx.scorer.surrogate(embeds, ids == 0)
 
     one_hot = mx.zeros((len(tokens), table.shape[0])).at[mx.arange(len(tokens)), mx.array(tokens)].add(1.0)
@@ -193,9 +193,16 @@ def test_evolution_state_round_trip_is_bit_identical(world, evolution_run):
     assert resumed.state() == full.state() and resumed.done
 
 
-@pytest.mark.parametrize("make", [lambda ctx, starts: GcgPhase(ctx, GCG, starts[0]),
-                                  lambda ctx, starts: EvolutionPhase(ctx, replace(EVOLUTION, generations=3, mutations=2, neighbour_fraction=0.0), starts)],
-                         ids=["gcg", "evolution"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ctx, starts: GcgPhase(ctx, GCG, starts[0]),
+        lambda ctx, starts: EvolutionPhase(
+            ctx, replace(EVOLUTION, generations=3, mutations=2, neighbour_fraction=0.0), starts
+        ),
+    ],
+    ids=["gcg", "evolution"],
+)
 def test_racing_changes_no_decision(world, make):
     """A phase that races its candidates against its bar ends exactly where scoring every
     candidate in full ends, on fewer evaluations: racing only skips work whose result the phase
@@ -219,7 +226,9 @@ def test_racing_changes_no_decision(world, make):
     allowed = base.allowed.copy()
     allowed[list(hidden)] = True
     rng = np.random.default_rng(3)
-    near = [hidden[:p] + (int(rng.choice(np.flatnonzero(allowed))),) + hidden[p + 1:] for p in list(range(len(hidden))) * 2]
+    near = [
+        hidden[:p] + (int(rng.choice(np.flatnonzero(allowed))),) + hidden[p + 1 :] for p in list(range(len(hidden))) * 2
+    ]
     ends = {}
     for race in (True, False):
         ctx = SearchContext(base.model, scorer, base.tokenizer, allowed, len(hidden), np.random.default_rng(7))

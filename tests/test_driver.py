@@ -25,8 +25,14 @@ from mlx_alias.tokenizer import load_tokenizer
 
 # Evolution that gives up after two generations without gain: each round ends long before
 # the budget does.
-CONFIG = SearchConfig(budget=400, random_starts=3, phases=("evolution",), shares=(1.0,), round_patience=2,
-                      evolution=EvolutionConfig(generations=3, patience=2, population=4))
+CONFIG = SearchConfig(
+    budget=400,
+    random_starts=3,
+    phases=("evolution",),
+    shares=(1.0,),
+    round_patience=2,
+    evolution=EvolutionConfig(generations=3, patience=2, population=4),
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,21 +86,37 @@ def _killed_then_resumed(task, model, path: Path, monkeypatch, config: SearchCon
 
 def test_kill_in_a_later_round_resumes_to_the_same_end(task, search_model, tmp_path, monkeypatch):
     whole = _run(task, search_model, tmp_path / "whole.safetensors")
-    resumed = _killed_then_resumed(task, search_model, tmp_path / "cut.safetensors", monkeypatch, CONFIG,
-                                   lambda state: state["at"]["round"] == 1)
+    resumed = _killed_then_resumed(
+        task, search_model, tmp_path / "cut.safetensors", monkeypatch, CONFIG, lambda state: state["at"]["round"] == 1
+    )
     assert (resumed.best, resumed.evaluations, resumed.curve) == (whole.best, whole.evaluations, whole.curve)
 
 
 def test_concept_phase_composes_and_a_kill_inside_it_resumes(task, search_model, tmp_path, monkeypatch):
-    config = replace(CONFIG.with_phases(("concept", "evolution")),
-                     concept=SoftConfig(init="random", steps=6, evaluate_every=2, patience=100))
+    config = replace(
+        CONFIG.with_phases(("concept", "evolution")),
+        concept=SoftConfig(init="random", steps=6, evaluate_every=2, patience=100),
+    )
     phases = []
-    whole = search_category(task, search_model, load_tokenizer(), config, 2, tmp_path / "whole.safetensors",
-                            lambda p: phases.append(p.phase))
+    whole = search_category(
+        task,
+        search_model,
+        load_tokenizer(),
+        config,
+        2,
+        tmp_path / "whole.safetensors",
+        lambda p: phases.append(p.phase),
+    )
     # each round: the concept phase's six steps, then evolution from the best of them and the starts
     assert phases[:7] == ["concept"] * 6 + ["evolution"] and set(phases) == {"concept", "evolution"}
-    resumed = _killed_then_resumed(task, search_model, tmp_path / "cut.safetensors", monkeypatch, config,
-                                   lambda state: state["at"]["phase"] == 0 and state["phase"]["taken"] == 3)
+    resumed = _killed_then_resumed(
+        task,
+        search_model,
+        tmp_path / "cut.safetensors",
+        monkeypatch,
+        config,
+        lambda state: state["at"]["phase"] == 0 and state["phase"]["taken"] == 3,
+    )
     assert (resumed.best, resumed.evaluations, resumed.curve) == (whole.best, whole.evaluations, whole.curve)
 
 
@@ -120,10 +142,14 @@ def _damaged_checkpoints(tmp_path: Path, task, search_model) -> dict[str, bytes]
     bare = state_module.load_state(good)
     del bare["seen"]
     state_module.save_state(tmp_path / "bare.safetensors", bare)
-    return {"a pickle": payload, "truncated": data[: len(data) // 2], "empty": b"",
-            "foreign": save({"level0": np.zeros((1, 2), np.float32)}, metadata={"format": "mlx_alias.image_features/1"}),
-            "missing a key": (tmp_path / "bare.safetensors").read_bytes(),
-            "not UTF-8": data.replace(b"seen", b"se\xffn", 1)}
+    return {
+        "a pickle": payload,
+        "truncated": data[: len(data) // 2],
+        "empty": b"",
+        "foreign": save({"level0": np.zeros((1, 2), np.float32)}, metadata={"format": "mlx_alias.image_features/1"}),
+        "missing a key": (tmp_path / "bare.safetensors").read_bytes(),
+        "not UTF-8": data.replace(b"seen", b"se\xffn", 1),
+    }
 
 
 def test_a_damaged_or_foreign_checkpoint_is_refused_and_never_run(task, search_model, tmp_path):
@@ -137,7 +163,10 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_and_never_run(task, search_m
             _run(task, search_model, path)
             pytest.fail(f"{kind}: no error")
         message = str(caught.value)
-        assert str(path) in message and "delete it to restart the 2-token search of category 1" in message, (kind, message)
+        assert str(path) in message and "delete it to restart the 2-token search of category 1" in message, (
+            kind,
+            message,
+        )
         assert "\n" not in message and not (tmp_path / "ran").exists(), kind
 
 
@@ -152,8 +181,12 @@ def test_gradient_phases_take_the_temperatures_scaled_to_the_model(task, search_
         return original(self, embeddings, padding, config)
 
     monkeypatch.setattr(Scorer, "surrogate", recording)
-    config = replace(CONFIG.with_phases(("soft", "gcg")), budget=40, soft=SoftConfig(steps=2, evaluate_every=1),
-                     gcg=GcgConfig(steps=2, candidates=4))
+    config = replace(
+        CONFIG.with_phases(("soft", "gcg")),
+        budget=40,
+        soft=SoftConfig(steps=2, evaluate_every=1),
+        gcg=GcgConfig(steps=2, candidates=4),
+    )
     outcome = _run(task, search_model, None, config)
     prompts = driver._calibration_prompts(config, task, driver.allowed_tokens(load_tokenizer()), 2)
     expected = task.train.calibrated(driver.ids_of(load_tokenizer(), prompts))
@@ -167,6 +200,7 @@ def test_gradient_phases_take_the_temperatures_scaled_to_the_model(task, search_
 def test_search_without_gradient_phases_leaves_the_surrogate_alone(task, search_model, monkeypatch):
     """An evolution-only search (the seed-style baseline's, whose scorer has no surrogate) does
     not ground calibration prompts and records no temperatures."""
+
     def refuse(self, ids):
         raise AssertionError("calibrated without a gradient phase")
 
@@ -191,7 +225,15 @@ def test_search_command_defaults_are_the_configs():
 
     option = {name: p.default.default for name, p in inspect.signature(search).parameters.items()}
     cfg = SearchConfig()
-    assert (option["budget"], option["holdout"], option["seed"], option["batch"]) == \
-        (cfg.budget, cfg.holdout_fraction, cfg.seed, cfg.pairs_per_batch)
-    assert (tuple(option["lengths"]), option["phases"], option["soft_starts"], option["threshold"]) == \
-        (cfg.lengths, ",".join(cfg.phases), cfg.soft.starts, cfg.objective.threshold)
+    assert (option["budget"], option["holdout"], option["seed"], option["batch"]) == (
+        cfg.budget,
+        cfg.holdout_fraction,
+        cfg.seed,
+        cfg.pairs_per_batch,
+    )
+    assert (tuple(option["lengths"]), option["phases"], option["soft_starts"], option["threshold"]) == (
+        cfg.lengths,
+        ",".join(cfg.phases),
+        cfg.soft.starts,
+        cfg.objective.threshold,
+    )

@@ -38,8 +38,16 @@ def points() -> np.ndarray:
     """A dense grid over the curved part, the clamp's edge, and large magnitudes both ways."""
     edge = common._ERF_LIMIT
     large = np.logspace(-30, 30, 241)
-    return np.concatenate([np.linspace(-12, 12, 240_001), edge + np.linspace(-1e-3, 1e-3, 201),
-                           -edge + np.linspace(-1e-3, 1e-3, 201), large, -large, [0.0]]).astype(np.float32)
+    return np.concatenate(
+        [
+            np.linspace(-12, 12, 240_001),
+            edge + np.linspace(-1e-3, 1e-3, 201),
+            -edge + np.linspace(-1e-3, 1e-3, 201),
+            large,
+            -large,
+            [0.0],
+        ]
+    ).astype(np.float32)
 
 
 def exact(x: np.ndarray) -> np.ndarray:
@@ -47,8 +55,12 @@ def exact(x: np.ndarray) -> np.ndarray:
 
 
 def exact_slope(x: np.ndarray) -> np.ndarray:
-    return np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
-                     for v in x.astype(np.float64).tolist()])
+    return np.array(
+        [
+            0.5 * (1 + math.erf(v / math.sqrt(2))) + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+            for v in x.astype(np.float64).tolist()
+        ]
+    )
 
 
 def ulps(error: np.ndarray, x: np.ndarray) -> float:

@@ -129,7 +129,8 @@ def test_attend_gradient_of_a_plain_sum():
     q, k, v, mask, _ = inputs("padding")
     args = [mx.array(x) for x in (q, k, v)]
     mine = mx.grad(lambda q, k, v: attend(q, k, v, mask).sum(), argnums=(0, 1, 2))(*args)
-    theirs = mx.grad(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask).sum(),
-                     argnums=(0, 1, 2))(*args)
+    theirs = mx.grad(
+        lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask).sum(), argnums=(0, 1, 2)
+    )(*args)
     for a, b in zip(mine, theirs):
         assert rel(a, np.array(b).astype(np.float64)) <= FP32

@@ -53,8 +53,10 @@ def mlx_parts(reference: torch.nn.Module, cfg: ModelConfig) -> tuple[Decoder, Do
     }
     hf, _ = layouts.sam3_to_hf(state)
     weights = {key: mx.array(value) for key, value in layouts.hf_to_mlx(hf)[0].items()}
-    return (load_part(Decoder(cfg), weights, "detr_decoder."),
-            load_part(DotProductScoring(cfg), weights, "dot_product_scoring."))
+    return (
+        load_part(Decoder(cfg), weights, "detr_decoder."),
+        load_part(DotProductScoring(cfg), weights, "dot_product_scoring."),
+    )
 
 
 def random_inputs(cfg: ModelConfig, grid: tuple[int, int], lengths: tuple[int, ...], seed: int) -> dict:
@@ -69,8 +71,14 @@ def random_inputs(cfg: ModelConfig, grid: tuple[int, int], lengths: tuple[int, .
     }
 
 
-def reference_outputs(model: torch.nn.Module, memory: torch.Tensor, memory_positions: torch.Tensor,
-                      grid: tuple[int, int], prompt: torch.Tensor, prompt_padding: torch.Tensor) -> dict:
+def reference_outputs(
+    model: torch.nn.Module,
+    memory: torch.Tensor,
+    memory_positions: torch.Tensor,
+    grid: tuple[int, int],
+    prompt: torch.Tensor,
+    prompt_padding: torch.Tensor,
+) -> dict:
     """sam3's decoder and heads as ``forward_grounding`` runs them (sequence-first inputs)."""
     batch = memory.shape[0]
     encoder_out = {
@@ -90,8 +98,15 @@ def reference_outputs(model: torch.nn.Module, memory: torch.Tensor, memory_posit
     return out
 
 
-def mlx_outputs(decoder: Decoder, scoring: DotProductScoring, memory: mx.array, memory_positions: mx.array,
-                grid: tuple[int, int], prompt: mx.array, prompt_padding: mx.array) -> dict:
+def mlx_outputs(
+    decoder: Decoder,
+    scoring: DotProductScoring,
+    memory: mx.array,
+    memory_positions: mx.array,
+    grid: tuple[int, int],
+    prompt: mx.array,
+    prompt_padding: mx.array,
+) -> dict:
     out = decoder(memory, memory_positions, grid, prompt, prompt_padding)
     return {
         "queries": out.queries,
@@ -104,10 +119,12 @@ def mlx_outputs(decoder: Decoder, scoring: DotProductScoring, memory: mx.array, 
 
 def assert_parity(reference: torch.nn.Module, decoder: Decoder, scoring: DotProductScoring, inputs: dict) -> None:
     with torch.no_grad():
-        ref = reference_outputs(reference, **{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-                                              for k, v in inputs.items()})
-    mine = mlx_outputs(decoder, scoring, **{k: mx.array(v) if isinstance(v, np.ndarray) else v
-                                            for k, v in inputs.items()})
+        ref = reference_outputs(
+            reference, **{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+        )
+    mine = mlx_outputs(
+        decoder, scoring, **{k: mx.array(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+    )
     for key, value in mine.items():
         assert value.shape == tuple(ref[key].shape), key
         assert rel_err(value, ref[key]) < FP32, (key, rel_err(value, ref[key]))
@@ -131,9 +148,18 @@ def test_outputs_depend_on_prompt_and_padding(pair, tiny_cfg):
     changes every output; changing a padded one changes none."""
     _, decoder, scoring = pair
     inputs = random_inputs(tiny_cfg, (16, 16), PROMPT_LENGTHS, seed=1)
-    run = lambda prompt: mlx_outputs(decoder, scoring, mx.array(inputs["memory"]),  # noqa: E731
-                                     mx.array(inputs["memory_positions"]), inputs["grid"], mx.array(prompt),
-                                     mx.array(inputs["prompt_padding"]))
+
+    def run(prompt):
+        return mlx_outputs(
+            decoder,
+            scoring,
+            mx.array(inputs["memory"]),
+            mx.array(inputs["memory_positions"]),
+            inputs["grid"],
+            mx.array(prompt),
+            mx.array(inputs["prompt_padding"]),
+        )
+
     base = run(inputs["prompt"])
     last_valid, first_padded = PROMPT_LENGTHS[1] - 1, PROMPT_LENGTHS[1]
     for position, changes in ((last_valid, True), (first_padded, False)):
@@ -152,8 +178,9 @@ def test_scores_are_clamped(pair, tiny_cfg):
     prompt = rng.standard_normal((3, 12, tiny_cfg.detector.d_model)).astype(np.float32)
     padding = np.arange(12)[None] >= np.array(PROMPT_LENGTHS)[:, None]
     with torch.no_grad():
-        ref = reference.dot_prod_scoring(torch.from_numpy(queries)[None], torch.from_numpy(prompt).transpose(0, 1),
-                                         torch.from_numpy(padding))[0]
+        ref = reference.dot_prod_scoring(
+            torch.from_numpy(queries)[None], torch.from_numpy(prompt).transpose(0, 1), torch.from_numpy(padding)
+        )[0]
     assert (ref.abs() == 12).float().mean() > 0.2  # the clamp is exercised
     assert rel_err(scoring(mx.array(queries), mx.array(prompt), mx.array(padding)), ref) < FP32
 
@@ -174,17 +201,20 @@ def test_gradients_wrt_prompt_and_memory(pair, tiny_cfg):
     grid, padding = inputs["grid"], inputs["prompt_padding"]
 
     def mlx_loss(prompt: mx.array, memory: mx.array) -> mx.array:
-        out = mlx_outputs(decoder, scoring, memory, mx.array(inputs["memory_positions"]), grid, prompt,
-                          mx.array(padding))
+        out = mlx_outputs(
+            decoder, scoring, memory, mx.array(inputs["memory_positions"]), grid, prompt, mx.array(padding)
+        )
         return sum((out[key] * mx.array(w)).sum() for key, w in weights.items())
 
     value, (prompt_grad, memory_grad) = mx.value_and_grad(mlx_loss, argnums=(0, 1))(
-        mx.array(inputs["prompt"]), mx.array(inputs["memory"]))
+        mx.array(inputs["prompt"]), mx.array(inputs["memory"])
+    )
 
     prompt = torch.from_numpy(inputs["prompt"]).requires_grad_(True)
     memory = torch.from_numpy(inputs["memory"]).requires_grad_(True)
-    out = reference_outputs(reference, memory, torch.from_numpy(inputs["memory_positions"]), grid, prompt,
-                            torch.from_numpy(padding))
+    out = reference_outputs(
+        reference, memory, torch.from_numpy(inputs["memory_positions"]), grid, prompt, torch.from_numpy(padding)
+    )
     loss = sum((out[key] * torch.from_numpy(w)).sum() for key, w in weights.items())
     loss.backward()
 

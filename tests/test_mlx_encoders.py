@@ -102,16 +102,23 @@ def reference_geometry(model, image: torch.Tensor, positions: torch.Tensor, grid
     with pinned_memory_optional():
         return model.geometry_encoder(
             geo_prompt=model._get_dummy_prompt(num_prompts=image.shape[1]),
-            img_feats=[image], img_sizes=[(grid, grid)], img_pos_embeds=[positions],
+            img_feats=[image],
+            img_sizes=[(grid, grid)],
+            img_pos_embeds=[positions],
         )
 
 
-def reference_fusion(model, image: torch.Tensor, positions: torch.Tensor, prompt: torch.Tensor,
-                     prompt_padding: torch.Tensor, grid: int) -> dict:
+def reference_fusion(
+    model, image: torch.Tensor, positions: torch.Tensor, prompt: torch.Tensor, prompt_padding: torch.Tensor, grid: int
+) -> dict:
     """sam3's fusion encoder called as ``_run_encoder`` calls it (everything seq-first)."""
     return model.transformer.encoder(
-        src=[image], src_key_padding_mask=None, src_pos=[positions], prompt=prompt,
-        prompt_pos=torch.zeros_like(prompt), prompt_key_padding_mask=prompt_padding,
+        src=[image],
+        src_key_padding_mask=None,
+        src_pos=[positions],
+        prompt=prompt,
+        prompt_pos=torch.zeros_like(prompt),
+        prompt_key_padding_mask=prompt_padding,
         feat_sizes=[(grid, grid)],
     )
 
@@ -120,7 +127,8 @@ def test_geometry_token(reference, geometry, inputs, tiny_cfg):
     image, positions = inputs["image"], inputs["positions"]
     with torch.no_grad():
         ref, ref_padding = reference_geometry(
-            reference, seq_first(image), seq_first(positions, 3), tiny_cfg.vision.grid)
+            reference, seq_first(image), seq_first(positions, 3), tiny_cfg.vision.grid
+        )
     assert tuple(ref.shape) == (1, 3, tiny_cfg.detector.d_model)
     assert not ref_padding.any()
     mine = geometry(mx.array(image), mx.array(positions))  # positions broadcast over images
@@ -148,8 +156,13 @@ def test_fusion_encoder(reference, fusion, inputs, tiny_cfg):
     prompt, padding = text_prompt(mx.array(inputs["text"]), mx.array(inputs["text_padding"]), mx.array(token))
     with torch.no_grad():
         ref = reference_fusion(
-            reference, seq_first(inputs["image"]), seq_first(inputs["positions"], 3),
-            seq_first(np.array(prompt)), torch.from_numpy(np.array(padding)), grid)
+            reference,
+            seq_first(inputs["image"]),
+            seq_first(inputs["positions"], 3),
+            seq_first(np.array(prompt)),
+            torch.from_numpy(np.array(padding)),
+            grid,
+        )
     image, positions = mx.array(inputs["image"]), mx.array(inputs["positions"])
     mine = fusion(fusion.attend_image(image, positions), positions, prompt, padding)
     assert rel_err(mine, ref["memory"].transpose(0, 1)) < FP32
@@ -169,7 +182,9 @@ def test_padded_text_is_ignored(fusion, inputs):
     clean = fusion(attended, positions, *text_prompt(mx.array(text), mx.array(padding), token))
     dirty = fusion(attended, positions, *text_prompt(mx.array(garbage), mx.array(padding), token))
     assert rel_err(dirty, clean) < 1e-6
-    unmasked = fusion(attended, positions, *text_prompt(mx.array(garbage), mx.zeros(padding.shape, dtype=mx.bool_), token))
+    unmasked = fusion(
+        attended, positions, *text_prompt(mx.array(garbage), mx.zeros(padding.shape, dtype=mx.bool_), token)
+    )
     assert rel_err(unmasked, clean) > 1e-2
 
 
@@ -186,17 +201,26 @@ def grounding_inputs(reference, tiny_cfg):
     return features, text, torch.tensor([0, 1, 0])
 
 
-def reference_encode(model, features: dict, text_memory: torch.Tensor, text_padding: torch.Tensor,
-                     image_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def reference_encode(
+    model, features: dict, text_memory: torch.Tensor, text_padding: torch.Tensor, image_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """sam3's ``_encode_prompt`` then ``_run_encoder``, set up as ``runners.ground`` sets up
     ``forward_grounding``: (prompt [Lp, B, d], its padding [B, Lp], encoder_out)."""
     batch = text_memory.shape[0]
     backbone_out = {**features, "language_features": text_memory.transpose(0, 1), "language_mask": text_padding}
-    find = FindStage(img_ids=image_index, text_ids=torch.arange(batch), input_boxes=None,
-                     input_boxes_mask=None, input_boxes_label=None, input_points=None, input_points_mask=None)
+    find = FindStage(
+        img_ids=image_index,
+        text_ids=torch.arange(batch),
+        input_boxes=None,
+        input_boxes_mask=None,
+        input_boxes_label=None,
+        input_points=None,
+        input_points_mask=None,
+    )
     with pinned_memory_optional():
         prompt, prompt_padding, backbone_out = model._encode_prompt(
-            backbone_out, find, model._get_dummy_prompt(num_prompts=batch))
+            backbone_out, find, model._get_dummy_prompt(num_prompts=batch)
+        )
     _, encoder_out, _ = model._run_encoder(backbone_out, find, prompt, prompt_padding)
     return prompt, prompt_padding, encoder_out
 
@@ -213,10 +237,12 @@ def test_encode_prompt_and_run_encoder(reference, geometry, fusion, grounding_in
     assert text.padding[1, 3:].all() and not text.padding[1, :2].any()  # the "" prompt: 2 tokens
     with torch.no_grad():
         ref_prompt, ref_padding, encoder_out = reference_encode(
-            reference, features, text.memory, text.padding, image_index)
+            reference, features, text.memory, text.padding, image_index
+        )
     image, positions = mlx_image_inputs(features, image_index)
-    prompt, padding = text_prompt(mx.array(text.memory.numpy()), mx.array(text.padding.numpy()),
-                                  geometry(image, positions))
+    prompt, padding = text_prompt(
+        mx.array(text.memory.numpy()), mx.array(text.padding.numpy()), geometry(image, positions)
+    )
     assert rel_err(prompt, ref_prompt.transpose(0, 1)) < FP32
     np.testing.assert_array_equal(np.array(padding), ref_padding.numpy())
     memory = fusion(fusion.attend_image(image, positions), positions, prompt, padding)

@@ -63,7 +63,9 @@ def test_batched_equals_one_prompt_at_a_time(mlx_model, pixels, ids):
     image = mlx_model.encode_image(mx.array(pixels))
     batched = mlx_model.ground(image, mlx_model.encode_text(mx.array(ids)), mx.array(IMAGE_INDEX))
     for b in range(len(ids)):
-        single = mlx_model.ground(image, mlx_model.encode_text(mx.array(ids[b:b + 1])), mx.array(IMAGE_INDEX[b:b + 1]))
+        single = mlx_model.ground(
+            image, mlx_model.encode_text(mx.array(ids[b : b + 1])), mx.array(IMAGE_INDEX[b : b + 1])
+        )
         assert rel_err(single.masks[0], batched.masks[b]) < FP32
         assert rel_err(single.logits[0], batched.logits[b]) < FP32
 

@@ -57,7 +57,9 @@ def test_exact_quality_cases():
     assert r.quality == pytest.approx(1.0) and r.matched == 2
     # half-overlapping mask: IoU 1/2 -> quality 1/2
     half = box(16, 16, 0, 8, 4, 12)
-    assert score_image(np.array([0.9]), logits_of(half), target(box(16, 16, 0, 8, 0, 8) | box(16, 16, 0, 8, 0, 12)), CFG).quality == pytest.approx(2 / 3)
+    assert score_image(
+        np.array([0.9]), logits_of(half), target(box(16, 16, 0, 8, 0, 8) | box(16, 16, 0, 8, 0, 12)), CFG
+    ).quality == pytest.approx(2 / 3)
     # nothing predicted on a positive image; negatives clean or not
     assert score_image(np.array([0.2]), logits_of(a), target(a), CFG).quality == 0.0
     assert score_image(np.array([0.2]), logits_of(a), target(), CFG).quality == 1.0
@@ -72,7 +74,9 @@ def test_crowd_pixels_are_ignored():
     assert score_image(np.array([0.9]), logits_of(bigger), target(a), CFG).quality == pytest.approx(0.5)
     # ...but not where they overlap an instance: a mask that misses half of it still loses half
     over = box(16, 16, 0, 8, 0, 12)
-    assert score_image(np.array([0.9]), logits_of(box(16, 16, 0, 8, 0, 4)), target(a, crowd=over), CFG).quality == pytest.approx(0.5)
+    assert score_image(
+        np.array([0.9]), logits_of(box(16, 16, 0, 8, 0, 4)), target(a, crowd=over), CFG
+    ).quality == pytest.approx(0.5)
 
 
 def test_unmatched_predictions_inside_crowd_regions_are_dropped():
@@ -82,8 +86,12 @@ def test_unmatched_predictions_inside_crowd_regions_are_dropped():
     inside, half, mostly_out = box(16, 16, 8, 12, 0, 8), box(16, 16, 6, 10, 8, 16), box(16, 16, 5, 9, 8, 16)
     r = score_image(np.array([0.9, 0.9]), logits_of(a, inside), target(a, crowd=crowd), CFG)
     assert r.quality == pytest.approx(1.0) and r.predicted == 1
-    assert score_image(np.array([0.9, 0.9]), logits_of(a, half), target(a, crowd=crowd), CFG).quality == pytest.approx(1.0)
-    assert score_image(np.array([0.9, 0.9]), logits_of(a, mostly_out), target(a, crowd=crowd), CFG).quality == pytest.approx(2 / 3)
+    assert score_image(np.array([0.9, 0.9]), logits_of(a, half), target(a, crowd=crowd), CFG).quality == pytest.approx(
+        1.0
+    )
+    assert score_image(
+        np.array([0.9, 0.9]), logits_of(a, mostly_out), target(a, crowd=crowd), CFG
+    ).quality == pytest.approx(2 / 3)
     # alone on the image, it leaves nothing predicted: the instance is missed
     assert score_image(np.array([0.1, 0.9]), logits_of(a, inside), target(a, crowd=crowd), CFG).quality == 0.0
     # a prediction matched to an instance counts wherever it lies
@@ -116,14 +124,22 @@ def _pairs(rng: np.random.Generator, count: int = 6, queries: int = 5, size: int
     return scores, np.where(masks, 30.0, -30.0).astype(np.float32), targets, valid
 
 
-def _exact_and_surrogate(scores: np.ndarray, logits: np.ndarray, targets: np.ndarray, valid: np.ndarray,
-                         crowd: np.ndarray | None = None) -> tuple[float, float]:
+def _exact_and_surrogate(
+    scores: np.ndarray, logits: np.ndarray, targets: np.ndarray, valid: np.ndarray, crowd: np.ndarray | None = None
+) -> tuple[float, float]:
     crowd = np.zeros((len(scores), *targets.shape[2:]), bool) if crowd is None else crowd
     mask_targets = [MaskTarget(targets[b][valid[b]], crowd[b]) for b in range(len(scores))]
     exact = aggregate([score_image(scores[b], logits[b], mask_targets[b], CFG) for b in range(len(scores))], CFG).score
     keep = mx.array(np.stack([~t.ignored() for t in mask_targets]).astype(np.float32))
-    soft = surrogate(mx.array(scores), mx.array(logits), mx.array(targets.astype(np.float32)), mx.array(valid), keep,
-                     mx.array(crowd.astype(np.float32)), CFG)
+    soft = surrogate(
+        mx.array(scores),
+        mx.array(logits),
+        mx.array(targets.astype(np.float32)),
+        mx.array(valid),
+        keep,
+        mx.array(crowd.astype(np.float32)),
+        CFG,
+    )
     return exact, float(soft)
 
 
@@ -184,8 +200,13 @@ def test_surrogate_gradient_points_uphill():
     scores, logits, targets, valid = _pairs(rng)
     scores = np.full_like(scores, 0.45)  # near the threshold, where the gradient lives
     logits = logits / 10
-    args = (mx.array(targets.astype(np.float32)), mx.array(valid), mx.ones((len(scores), 16, 16)),
-            mx.zeros((len(scores), 16, 16)), CFG)
+    args = (
+        mx.array(targets.astype(np.float32)),
+        mx.array(valid),
+        mx.ones((len(scores), 16, 16)),
+        mx.zeros((len(scores), 16, 16)),
+        CFG,
+    )
 
     def value(s, m):
         return surrogate(s, m, *args)
@@ -203,8 +224,14 @@ def test_surrogate_false_positive_follows_the_highest_score():
     threshold; many queries just below it must not add up to a near-certain prediction (as a
     noisy-OR over queries would: 200 queries at weight 0.12 give 1 - 0.88^200 ~ 1)."""
     below = np.full((1, 200), CFG.threshold - 0.1, np.float32)
-    args = (mx.zeros((1, 200, 4, 4)), mx.zeros((1, 1, 4, 4)), mx.zeros((1, 1), dtype=mx.bool_), mx.ones((1, 4, 4)),
-            mx.zeros((1, 4, 4)), CFG)
+    args = (
+        mx.zeros((1, 200, 4, 4)),
+        mx.zeros((1, 1, 4, 4)),
+        mx.zeros((1, 1), dtype=mx.bool_),
+        mx.ones((1, 4, 4)),
+        mx.zeros((1, 4, 4)),
+        CFG,
+    )
     clean = float(surrogate(mx.array(below), *args))
     assert clean == pytest.approx(-CFG.negative_penalty / (1 + np.exp(0.1 / CFG.temperature)), rel=1e-4)
     above = below.copy()
@@ -217,8 +244,14 @@ def test_surrogate_mask_temperature_sharpens_weak_masks():
     0 in the exact score; a mask temperature brings the surrogate's soft IoU close to that."""
     a = box(16, 16, 0, 8, 0, 8)
     logits = np.where(a, 0.2, -0.2).astype(np.float32)[None, None]
-    args = (mx.array(np.array([[0.99]], np.float32)), mx.array(logits), mx.array(a[None, None].astype(np.float32)),
-            mx.array(np.array([[True]])), mx.ones((1, 16, 16)), mx.zeros((1, 16, 16)))
+    args = (
+        mx.array(np.array([[0.99]], np.float32)),
+        mx.array(logits),
+        mx.array(a[None, None].astype(np.float32)),
+        mx.array(np.array([[True]])),
+        mx.ones((1, 16, 16)),
+        mx.zeros((1, 16, 16)),
+    )
     plain = float(surrogate(*args, CFG))
     sharp = float(surrogate(*args, dataclasses.replace(CFG, mask_temperature=0.02)))
     assert plain < 0.6 and sharp == pytest.approx(1.0, abs=0.02)
@@ -238,7 +271,13 @@ def test_calibrate_scales_unset_temperatures_to_the_outputs():
 
 
 def test_surrogate_refuses_unset_temperatures():
-    args = (mx.zeros((1, 2)), mx.zeros((1, 2, 4, 4)), mx.zeros((1, 1, 4, 4)), mx.zeros((1, 1), dtype=mx.bool_),
-            mx.ones((1, 4, 4)), mx.zeros((1, 4, 4)))
+    args = (
+        mx.zeros((1, 2)),
+        mx.zeros((1, 2, 4, 4)),
+        mx.zeros((1, 1, 4, 4)),
+        mx.zeros((1, 1), dtype=mx.bool_),
+        mx.ones((1, 4, 4)),
+        mx.zeros((1, 4, 4)),
+    )
     with pytest.raises(ValueError, match="temperatures are not set"):
         surrogate(*args, ObjectiveConfig())

@@ -58,12 +58,30 @@ def test_full_size_verify(tmp_path):
     picture[150:400, 250:550] = (200, 40, 40)
     Image.fromarray(picture.clip(0, 255).astype(np.uint8)).save(tmp_path / "photo.jpg", quality=92)
     cli = [sys.executable, "-m", "mlx_alias.cli"]
-    for args in (["init", "--preset", "full", "--seed", "31", "--out", tmp_path / "ckpt", "--device", "cpu"],
-                 ["convert", tmp_path / "ckpt", tmp_path / "mlx"]):
+    for args in (
+        ["init", "--preset", "full", "--seed", "31", "--out", tmp_path / "ckpt", "--device", "cpu"],
+        ["convert", tmp_path / "ckpt", tmp_path / "mlx"],
+    ):
         done = subprocess.run([*cli, *map(str, args)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
-    done = subprocess.run([*cli, "verify", "--checkpoint", str(tmp_path / "ckpt"), "--weights", str(tmp_path / "mlx"),
-                           "--image", str(tmp_path / "photo.jpg"), "--prompt", "a red square", "--json",
-                           "--device", "cpu"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            *cli,
+            "verify",
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--weights",
+            str(tmp_path / "mlx"),
+            "--image",
+            str(tmp_path / "photo.jpg"),
+            "--prompt",
+            "a red square",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["passed"] and done.returncode == 0, report

@@ -45,8 +45,9 @@ def copy(finished, tmp_path) -> Path:
 
 
 def resume(search_weights, root: Path, threshold: float, *extra):
-    return run_cli(*search_args(search_weights, root / "dataset", root / "run", threshold, root, *BUDGET, *extra,
-                                "--resume"))
+    return run_cli(
+        *search_args(search_weights, root / "dataset", root / "run", threshold, root, *BUDGET, *extra, "--resume")
+    )
 
 
 def test_resume_of_the_same_run_after_a_move(search_weights, planted, copy, tmp_path):
@@ -64,18 +65,25 @@ def test_resume_refuses_changed_annotations(search_weights, planted, copy):
     data = json.loads(path.read_text())
     data["annotations"] = data["annotations"][:-1]
     path.write_text(json.dumps(data))
-    clean_failure(resume(search_weights, copy, planted[1]), "the dataset differs: the annotation file's contents differ")
+    clean_failure(
+        resume(search_weights, copy, planted[1]), "the dataset differs: the annotation file's contents differ"
+    )
 
 
 def test_resume_refuses_a_replaced_image(search_weights, planted, copy):
     path = copy / "dataset" / "images" / "synthetic-03.png"
     Image.open(path).transpose(Image.Transpose.ROTATE_180).save(path)  # same size, other pixels
-    clean_failure(resume(search_weights, copy, planted[1]), "the dataset differs: 1 image file changed (synthetic-03.png)")
+    clean_failure(
+        resume(search_weights, copy, planted[1]), "the dataset differs: 1 image file changed (synthetic-03.png)"
+    )
 
 
 def test_resume_names_the_settings_that_differ(search_weights, planted, copy, mlx_weights):
-    result = run_cli(*search_args(search_weights, copy / "dataset", copy / "run", planted[1], copy,
-                                  "--budget", 50, "--seed", 3, "--resume"))
+    result = run_cli(
+        *search_args(
+            search_weights, copy / "dataset", copy / "run", planted[1], copy, "--budget", 50, "--seed", 3, "--resume"
+        )
+    )
     clean_failure(result, "search.budget was 40, now 50; search.seed was 0, now 3")
     args = search_args(search_weights, copy / "dataset", copy / "run", planted[1], copy, *BUDGET, "--resume")
     assert args[1] == "--weights"
@@ -105,9 +113,12 @@ def test_a_damaged_checkpoint_on_resume_is_one_sentence(search_weights, planted,
     monkeypatch.setattr(driver, "save_state", original)
     (state,) = (tmp_path / "run" / "state").iterdir()
     state.write_bytes(state.read_bytes()[:100])
-    clean_failure(run_cli(*args, "--resume"), f"the checkpoint {state} cannot be read: it is not a whole safetensors "
-                                              "file (truncated, or another kind of file); delete it to restart the "
-                                              "2-token search of category 1 from its beginning")
+    clean_failure(
+        run_cli(*args, "--resume"),
+        f"the checkpoint {state} cannot be read: it is not a whole safetensors "
+        "file (truncated, or another kind of file); delete it to restart the "
+        "2-token search of category 1 from its beginning",
+    )
     state.unlink()
     assert run_cli(*args, "--resume").exit_code == 0
 
@@ -128,22 +139,75 @@ def test_the_alias_file_stands_alone(search_weights, planted, finished, tmp_path
 
     # segment applies the alias by its tokens, at the file's threshold
     image = finished / "dataset" / "images" / "synthetic-00.png"
-    result = run_cli("segment", "--weights", search_weights / "mlx", "--image", image, "--aliases", aliases,
-                     "--category", 1, "--out", tmp_path / "alias.png")
+    result = run_cli(
+        "segment",
+        "--weights",
+        search_weights / "mlx",
+        "--image",
+        image,
+        "--aliases",
+        aliases,
+        "--category",
+        1,
+        "--out",
+        tmp_path / "alias.png",
+    )
     assert result.exit_code == 0, result.output
     applied = json.loads((tmp_path / "alias.png").with_suffix(".json").read_text())
     assert applied["tokens"] == entry["tokens"] and applied["threshold"] == threshold
-    clean_failure(run_cli("segment", "--weights", search_weights / "mlx", "--image", image, "--aliases", aliases,
-                          "--category", 5, "--out", tmp_path / "x.png"), "hold no alias for category 5")
+    clean_failure(
+        run_cli(
+            "segment",
+            "--weights",
+            search_weights / "mlx",
+            "--image",
+            image,
+            "--aliases",
+            aliases,
+            "--category",
+            5,
+            "--out",
+            tmp_path / "x.png",
+        ),
+        "hold no alias for category 5",
+    )
 
     # a prompt scored beside the aliases is scored on the run's split, at its threshold
-    both = run_cli("evaluate", "--weights", search_weights / "mlx", "--dataset", finished / "dataset", "--aliases",
-                   aliases, "--prompt", HIDDEN, "--json", "--cache", tmp_path)
+    both = run_cli(
+        "evaluate",
+        "--weights",
+        search_weights / "mlx",
+        "--dataset",
+        finished / "dataset",
+        "--aliases",
+        aliases,
+        "--prompt",
+        HIDDEN,
+        "--json",
+        "--cache",
+        tmp_path,
+    )
     assert both.exit_code == 0, both.output
     alias_row, hidden_row = [json.loads(line) for line in both.output.splitlines() if line.startswith("{")]
     assert alias_row["score"] == pytest.approx(entry["holdout_score"], abs=1e-6)
-    alone = run_cli("evaluate", "--weights", search_weights / "mlx", "--dataset", finished / "dataset", "--prompt",
-                    HIDDEN, "--holdout", 0.34, "--seed", 0, "--threshold", threshold, "--json", "--cache", tmp_path)
+    alone = run_cli(
+        "evaluate",
+        "--weights",
+        search_weights / "mlx",
+        "--dataset",
+        finished / "dataset",
+        "--prompt",
+        HIDDEN,
+        "--holdout",
+        0.34,
+        "--seed",
+        0,
+        "--threshold",
+        threshold,
+        "--json",
+        "--cache",
+        tmp_path,
+    )
     assert hidden_row["score"] == pytest.approx(json.loads(alone.output.splitlines()[-1])["score"], abs=1e-6)
 
 
@@ -196,8 +260,9 @@ def test_an_empty_category_is_skipped_unless_named(search_weights, planted, tmp_
     assert [e["category_id"] for e in document["aliases"]] == [1]
     assert [(s["category_id"], s["name"]) for s in document["skipped"]] == [(2, "ghost")]
     assert "## Skipped categories" in (tmp_path / "run" / "report.md").read_text()
-    named = run_cli(*search_args(search_weights, dataset, tmp_path / "named", planted[1], tmp_path, *BUDGET,
-                                 "--categories", "1,2"))
+    named = run_cli(
+        *search_args(search_weights, dataset, tmp_path / "named", planted[1], tmp_path, *BUDGET, "--categories", "1,2")
+    )
     clean_failure(named, "category 2 ('ghost') has no instances to learn from")
     assert not (tmp_path / "named").exists()
 
@@ -218,8 +283,10 @@ def test_a_run_folder_in_use_is_refused(search_weights, planted, finished, tmp_p
         clean_failure(resume(search_weights, finished, planted[1]), "is in use by another mlx-alias process")
     fresh = tmp_path / "fresh"
     with claim(fresh, resume=False):
-        clean_failure(run_cli(*search_args(search_weights, planted[0], fresh, planted[1], tmp_path, *BUDGET)),
-                      f"{fresh} is in use by another mlx-alias process (pid {os.getpid()})")
+        clean_failure(
+            run_cli(*search_args(search_weights, planted[0], fresh, planted[1], tmp_path, *BUDGET)),
+            f"{fresh} is in use by another mlx-alias process (pid {os.getpid()})",
+        )
 
 
 def test_demo_run_records_paths_valid_after_its_rename(tmp_path):
@@ -233,24 +300,63 @@ def test_demo_run_records_paths_valid_after_its_rename(tmp_path):
     assert (out / "run" / recorded["dataset"]["path"]).resolve() == (out / "dataset" / "annotations.json").resolve()
     assert (out / "run" / recorded["weights"]["path"]).resolve() == (out / "weights").resolve()
     search = recorded["search"]
-    result = run_cli("search", "--weights", out / "weights", "--dataset", out / "dataset", "--out", out / "run",
-                     "--length", search["lengths"][0], "--budget", search["budget"], "--holdout",
-                     search["holdout_fraction"], "--threshold", search["objective"]["threshold"],
-                     "--cache", out / "cache", "--resume")
+    result = run_cli(
+        "search",
+        "--weights",
+        out / "weights",
+        "--dataset",
+        out / "dataset",
+        "--out",
+        out / "run",
+        "--length",
+        search["lengths"][0],
+        "--budget",
+        search["budget"],
+        "--holdout",
+        search["holdout_fraction"],
+        "--threshold",
+        search["objective"]["threshold"],
+        "--cache",
+        out / "cache",
+        "--resume",
+    )
     assert result.exit_code == 0, result.output
 
 
 def test_plant_that_plants_nothing_says_so(search_weights, planted, tmp_path):
-    result = run_cli("plant", "--weights", search_weights / "mlx", "--images", planted[0] / "images",
-                     "--prompt", HIDDEN, "--out", tmp_path / "none", "--threshold", 1)
+    result = run_cli(
+        "plant",
+        "--weights",
+        search_weights / "mlx",
+        "--images",
+        planted[0] / "images",
+        "--prompt",
+        HIDDEN,
+        "--out",
+        tmp_path / "none",
+        "--threshold",
+        1,
+    )
     clean_failure(result, "predicts no instance above the threshold 1")
     assert "try a --threshold below" in result.output and not (tmp_path / "none").exists()
 
 
 def test_bad_prompts_are_refused_by_evaluate(search_weights, planted, tmp_path):
     for prompt, phrase in ((" ", "the prompt is empty"), ("word " * 40, "SAM3 reads at most 30")):
-        clean_failure(run_cli("evaluate", "--weights", search_weights / "mlx", "--dataset", planted[0], "--prompt",
-                              prompt, "--cache", tmp_path), phrase)
+        clean_failure(
+            run_cli(
+                "evaluate",
+                "--weights",
+                search_weights / "mlx",
+                "--dataset",
+                planted[0],
+                "--prompt",
+                prompt,
+                "--cache",
+                tmp_path,
+            ),
+            phrase,
+        )
 
 
 def test_write_failures_name_the_users_path(tmp_path):

@@ -44,7 +44,7 @@ def test_exact_batched_equals_pairwise(search_model, setup):
     for c in range(3):
         results = []
         for i in range(3):
-            text = search_model.encode_text(mx.array(ids[c:c + 1]))
+            text = search_model.encode_text(mx.array(ids[c : c + 1]))
             g = search_model.ground(features, text, mx.array([i]))
             results.append(score_image(np.array(g.scores[0]), np.array(g.masks[0]), targets[i], CFG))
         assert aggregate(results, CFG).score == pytest.approx(batched[c].score, abs=1e-6)
@@ -111,9 +111,11 @@ def test_masks_only_where_the_objective_reads_them(search_model, setup):
     text = scorer._encode(ids)
     pairs = [(c, i) for c in range(2) for i in range(3)]
     scores, masks = scorer._ground(text, [c for c, _ in pairs], [i for _, i in pairs])
-    full = search_model.ground(features, TextFeatures(text.memory[mx.array([c for c, _ in pairs])],
-                                                      text.padding[mx.array([c for c, _ in pairs])]),
-                               mx.array([i for _, i in pairs]))
+    full = search_model.ground(
+        features,
+        TextFeatures(text.memory[mx.array([c for c, _ in pairs])], text.padding[mx.array([c for c, _ in pairs])]),
+        mx.array([i for _, i in pairs]),
+    )
     np.testing.assert_allclose(scores, np.array(full.scores), atol=1e-6)
     computed = 0
     for k, (_, i) in enumerate(pairs):
@@ -133,9 +135,10 @@ def test_calibrated_scales_to_these_prompts_outputs(search_model, setup):
     scorer = Scorer(search_model, features, targets, ObjectiveConfig(threshold=CFG.threshold))
     scores, medians = [], []
     for c in range(len(ids)):
-        text = search_model.encode_text(mx.array(ids[c:c + 1]))
-        g = search_model.ground(features, TextFeatures(mx.repeat(text.memory, 3, 0), mx.repeat(text.padding, 3, 0)),
-                                mx.arange(3))
+        text = search_model.encode_text(mx.array(ids[c : c + 1]))
+        g = search_model.ground(
+            features, TextFeatures(mx.repeat(text.memory, 3, 0), mx.repeat(text.padding, 3, 0)), mx.arange(3)
+        )
         scores.append(np.array(g.scores))
         medians.append(np.median(np.abs(np.array(g.masks))))
     expected = calibrate(scorer.config, np.stack(scores), float(np.median(medians)))

@@ -93,30 +93,70 @@ def test_plant_margin_leaves_near_threshold_queries_to_crowd_regions(search_weig
     hidden = make_prompt(HIDDEN, None)
     paths = sorted((dataset.parent / "images").glob("*.png"))
     _, margin = planting_rule(search_model, paths, hidden.ids, 0.1)
-    result = run_cli("plant", "--weights", search_weights / "mlx", "--images", dataset.parent / "images", "--prompt", HIDDEN,
-                     "--out", tmp_path / "margin", "--threshold", threshold, "--margin", margin)
+    result = run_cli(
+        "plant",
+        "--weights",
+        search_weights / "mlx",
+        "--images",
+        dataset.parent / "images",
+        "--prompt",
+        HIDDEN,
+        "--out",
+        tmp_path / "margin",
+        "--threshold",
+        threshold,
+        "--margin",
+        margin,
+    )
     assert result.exit_code == 0 and "crowd regions" in result.output, result.output
     annotations = json.loads((tmp_path / "margin" / "annotations.json").read_text())["annotations"]
     crowd = [a["score"] for a in annotations if a["iscrowd"]]
     clear = [a["score"] for a in annotations if not a["iscrowd"]]
     assert crowd and clear and json.loads((tmp_path / "margin" / "plant.json").read_text())["margin"] == margin
-    assert all(threshold - margin - 1e-4 <= s <= threshold + margin + 1e-4 for s in crowd)  # scores are rounded to 4 digits
+    assert all(
+        threshold - margin - 1e-4 <= s <= threshold + margin + 1e-4 for s in crowd
+    )  # scores are rounded to 4 digits
     assert min(clear) >= threshold + margin - 1e-4
     data = load_dataset(tmp_path / "margin")
     images = sorted(data.positives(1) + data.negatives(1))
-    scorer = scorer_for(search_model, FeatureCache(search_model, search_weights / "mlx", None), data, 1, images,
-                        ObjectiveConfig(threshold=threshold), 8)
+    scorer = scorer_for(
+        search_model,
+        FeatureCache(search_model, search_weights / "mlx", None),
+        data,
+        1,
+        images,
+        ObjectiveConfig(threshold=threshold),
+        8,
+    )
     found = scorer.exact(hidden.ids)[0]
     assert found.recall == 1.0 and found.precision == 1.0 and found.false_positive_rate == 0.0
     positives = set(data.positives(1))
-    predicted_in_crowds = sum(1 for a in annotations if a["iscrowd"] and a["image_id"] in positives and a["score"] > threshold)
+    predicted_in_crowds = sum(
+        1 for a in annotations if a["iscrowd"] and a["image_id"] in positives and a["score"] > threshold
+    )
     assert predicted_in_crowds > 0  # so the drop was needed for that precision
 
 
 def test_evaluate_mlx_and_torch_agree(search_weights, planted, tmp_path):
     dataset, threshold = planted
-    common = ["evaluate", "--weights", search_weights / "mlx", "--dataset", dataset, "--prompt", HIDDEN,
-              "--prompt", "a red car", "--split", "all", "--threshold", threshold, "--json", "--cache", tmp_path]
+    common = [
+        "evaluate",
+        "--weights",
+        search_weights / "mlx",
+        "--dataset",
+        dataset,
+        "--prompt",
+        HIDDEN,
+        "--prompt",
+        "a red car",
+        "--split",
+        "all",
+        "--threshold",
+        threshold,
+        "--json",
+        "--cache",
+        tmp_path,
+    ]
     mine = run_cli(*common)
     ref = run_cli(*common, "--backend", "torch", "--checkpoint", search_weights / "sam3")
     assert mine.exit_code == 0 and ref.exit_code == 0, mine.output + ref.output
@@ -131,8 +171,9 @@ def test_evaluate_mlx_and_torch_agree(search_weights, planted, tmp_path):
 def test_search_then_evaluate(search_weights, planted, tmp_path):
     dataset, threshold = planted
     out = tmp_path / "run"
-    result = run_cli(*search_args(search_weights, dataset, out, threshold, tmp_path, "--soft-starts", 3,
-                                 "--mask-temperature", 0.5))
+    result = run_cli(
+        *search_args(search_weights, dataset, out, threshold, tmp_path, "--soft-starts", 3, "--mask-temperature", 0.5)
+    )
     assert result.exit_code == 0, result.output
     recorded = json.loads((out / "run.json").read_text())["search"]
     assert recorded["soft"]["starts"] == 3
@@ -149,8 +190,20 @@ def test_search_then_evaluate(search_weights, planted, tmp_path):
     assert used["mask"] == 0.5 and 0 < used["score"] < 1  # given, and scaled to the model
     assert entry["evaluations"] <= 120 + 8  # at most one candidate past the budget
     # the alias file carries the threshold: evaluate re-scores at it unless told another
-    scored = run_cli("evaluate", "--weights", search_weights / "mlx", "--dataset", dataset, "--aliases",
-                     out / "aliases.json", "--split", "train", "--json", "--cache", tmp_path)
+    scored = run_cli(
+        "evaluate",
+        "--weights",
+        search_weights / "mlx",
+        "--dataset",
+        dataset,
+        "--aliases",
+        out / "aliases.json",
+        "--split",
+        "train",
+        "--json",
+        "--cache",
+        tmp_path,
+    )
     assert scored.exit_code == 0, scored.output
     row = json.loads(scored.output.strip().splitlines()[-1])
     assert row["tokens"] == entry["tokens"] and row["score"] == pytest.approx(entry["train_score"], abs=1e-6)
@@ -165,15 +218,39 @@ def test_batch_from_free_memory(search_weights, planted, tmp_path):
     assert first.exit_code == 0 and "measured to fit" in first.output, first.output
     measured = json.loads((out / "run.json").read_text())["search"]["pairs_per_batch"]
     assert measured >= 1
-    again = run_cli(*search_args(search_weights, dataset, out, threshold, tmp_path, "--batch", 0, "--budget", 40, "--resume"))
+    again = run_cli(
+        *search_args(search_weights, dataset, out, threshold, tmp_path, "--batch", 0, "--budget", 40, "--resume")
+    )
     assert again.exit_code == 0 and "measured to fit" not in again.output, again.output
-    common = ["evaluate", "--weights", search_weights / "mlx", "--dataset", dataset, "--prompt", HIDDEN,
-              "--split", "all", "--threshold", threshold, "--json", "--cache", tmp_path]
-    scores = [[json.loads(line)["score"] for line in run_cli(*common, "--batch", b).output.splitlines()
-               if line.startswith("{")] for b in (0, 3)]
+    common = [
+        "evaluate",
+        "--weights",
+        search_weights / "mlx",
+        "--dataset",
+        dataset,
+        "--prompt",
+        HIDDEN,
+        "--split",
+        "all",
+        "--threshold",
+        threshold,
+        "--json",
+        "--cache",
+        tmp_path,
+    ]
+    scores = [
+        [
+            json.loads(line)["score"]
+            for line in run_cli(*common, "--batch", b).output.splitlines()
+            if line.startswith("{")
+        ]
+        for b in (0, 3)
+    ]
     assert scores[0] and scores[0] == pytest.approx(scores[1], abs=1e-6)
-    clean_failure(run_cli(*common, "--batch", 0, "--backend", "torch", "--checkpoint", search_weights / "sam3"),
-                  "is for the MLX backend")
+    clean_failure(
+        run_cli(*common, "--batch", 0, "--backend", "torch", "--checkpoint", search_weights / "sam3"),
+        "is for the MLX backend",
+    )
 
 
 def test_interrupted_search_resumes_to_the_same_end(search_weights, planted, tmp_path, monkeypatch):
@@ -197,7 +274,9 @@ def test_interrupted_search_resumes_to_the_same_end(search_weights, planted, tmp
     clean_failure(broken, f"the run in {tmp_path / 'cut'} can be resumed: run the same command with --resume")
     assert not (tmp_path / "cut" / "aliases.json").exists()
     monkeypatch.setattr(driver, "save_state", original)
-    resumed = run_cli(*search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path, *lengths, "--resume"))
+    resumed = run_cli(
+        *search_args(search_weights, dataset, tmp_path / "cut", threshold, tmp_path, *lengths, "--resume")
+    )
     assert resumed.exit_code == 0, resumed.output
     a = json.loads((tmp_path / "whole" / "aliases.json").read_text())
     b = json.loads((tmp_path / "cut" / "aliases.json").read_text())
@@ -214,28 +293,52 @@ def test_search_bad_input(search_weights, planted, tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text("{ not json")
     clean_failure(run_cli(*search_args(search_weights, broken, tmp_path / "a", threshold, tmp_path)), "line 1")
-    clean_failure(run_cli(*search_args(search_weights, dataset, tmp_path / "b", threshold, tmp_path, "--categories", "7")),
-                  "category 7")
-    clean_failure(run_cli(*search_args(search_weights, dataset, tmp_path / "c", threshold, tmp_path, "--resume")),
-                  "no run to resume")
+    clean_failure(
+        run_cli(*search_args(search_weights, dataset, tmp_path / "b", threshold, tmp_path, "--categories", "7")),
+        "category 7",
+    )
+    clean_failure(
+        run_cli(*search_args(search_weights, dataset, tmp_path / "c", threshold, tmp_path, "--resume")),
+        "no run to resume",
+    )
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("")
-    clean_failure(run_cli(*search_args(search_weights, dataset, tmp_path / "d", threshold, tmp_path)), "already holds files")
-    clean_failure(run_cli(*search_args(search_weights, dataset, tmp_path / "e", threshold, tmp_path, "--phases", "soft,gsg")),
-                  "phases must be distinct names")
+    clean_failure(
+        run_cli(*search_args(search_weights, dataset, tmp_path / "d", threshold, tmp_path)), "already holds files"
+    )
+    clean_failure(
+        run_cli(*search_args(search_weights, dataset, tmp_path / "e", threshold, tmp_path, "--phases", "soft,gsg")),
+        "phases must be distinct names",
+    )
     assert not (tmp_path / "e").exists()
 
 
 def test_evaluate_bad_alias_files(search_weights, planted, tmp_path):
     dataset, threshold = planted
-    cases = {"[1, 2": "not JSON", '[{"category_id": 9, "tokens": [5]}]': "category 9",
-             '[{"category_id": 1, "tokens": [0, 5]}]': "vocabulary", '{"a": 1}': "not an mlx-alias alias file",
-             '{"format": "mlx-alias.aliases/2", "aliases": [], "objective": {}}': "records no threshold"}
+    cases = {
+        "[1, 2": "not JSON",
+        '[{"category_id": 9, "tokens": [5]}]': "category 9",
+        '[{"category_id": 1, "tokens": [0, 5]}]': "vocabulary",
+        '{"a": 1}': "not an mlx-alias alias file",
+        '{"format": "mlx-alias.aliases/2", "aliases": [], "objective": {}}': "records no threshold",
+    }
     for text, phrase in cases.items():
         path = tmp_path / "aliases.json"
         path.write_text(text)
-        clean_failure(run_cli("evaluate", "--weights", search_weights / "mlx", "--dataset", dataset, "--aliases", path,
-                              "--cache", tmp_path), phrase)
+        clean_failure(
+            run_cli(
+                "evaluate",
+                "--weights",
+                search_weights / "mlx",
+                "--dataset",
+                dataset,
+                "--aliases",
+                path,
+                "--cache",
+                tmp_path,
+            ),
+            phrase,
+        )
 
 
 def test_demo(tmp_path):

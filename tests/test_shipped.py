@@ -36,8 +36,20 @@ def test_mlx_matches_the_reference_on_the_shipped_weights(shipped_weights, tmp_p
     image = tmp_path / "scene.png"
     Image.fromarray(scene(11).image).save(image)
     for prompt in ("honeycomb", "small striped violet star"):
-        result = run_cli("verify", "--checkpoint", SHIPPED, "--weights", shipped_weights, "--image", image,
-                         "--prompt", prompt, "--json", "--device", "cpu")
+        result = run_cli(
+            "verify",
+            "--checkpoint",
+            SHIPPED,
+            "--weights",
+            shipped_weights,
+            "--image",
+            image,
+            "--prompt",
+            prompt,
+            "--json",
+            "--device",
+            "cpu",
+        )
         assert result.exit_code == 0, result.output
         report = json.loads(result.output.strip().splitlines()[-1])
         assert report["passed"] and report["mask_logits_rel_err"] < 1e-4, report
@@ -63,5 +75,7 @@ def test_a_trained_word_segments_its_concept_better_than_random_words(shipped_we
     randoms = [tuple(int(i) for i in rng.choice(random_pool(tokenizer), 2)) for _ in range(4)]
     for category_id, concept in enumerate(named, start=1):
         scorer = scorer_for(model, cache, data, category_id, sorted(data.images), ObjectiveConfig(threshold=0.5), 8)
-        word, *others = [r.score for r in scorer.exact(ids_of(tokenizer, [tuple(tokenizer.encode(concept.oracle))] + randoms))]
+        word, *others = [
+            r.score for r in scorer.exact(ids_of(tokenizer, [tuple(tokenizer.encode(concept.oracle))] + randoms))
+        ]
         assert word > 0.5 and word > max(others) + 0.3, (concept.label, word, others)

@@ -115,8 +115,10 @@ def test_soft_prompts_side_by_side_move_as_alone(mlx_model, scorer):
     together = SoftPromptPhase(ctx, config, starts)
     ranked = sorted(starts, key=lambda c: -c.score)
     assert together.bests == ranked[:2]
-    alone = [SoftPromptPhase(context(mlx_model, scorer, seed=0, length=2), dataclasses.replace(config, starts=1), [c])
-             for c in ranked[:2]]
+    alone = [
+        SoftPromptPhase(context(mlx_model, scorer, seed=0, length=2), dataclasses.replace(config, starts=1), [c])
+        for c in ranked[:2]
+    ]
     while not together.done:
         together.step()
         for phase in alone:
@@ -128,16 +130,22 @@ def test_soft_prompts_side_by_side_move_as_alone(mlx_model, scorer):
     assert together.stale == [p.stale[0] for p in alone] and together.active() == []  # both stopped early
     assert together.taken < config.steps
 
-    held = SoftPromptPhase(context(mlx_model, scorer, seed=0, length=2), dataclasses.replace(config, patience=100), starts)
+    held = SoftPromptPhase(
+        context(mlx_model, scorer, seed=0, length=2), dataclasses.replace(config, patience=100), starts
+    )
     held.step(), held.step()  # momentum built up
     held.stale[1] = 100  # as if the second had stopped: it stays put, the first moves on
     before = np.array(held.vectors)
     held.step()
-    assert not np.allclose(np.array(held.vectors[0]), before[0]) and np.array_equal(np.array(held.vectors[1]), before[1])
+    assert not np.allclose(np.array(held.vectors[0]), before[0]) and np.array_equal(
+        np.array(held.vectors[1]), before[1]
+    )
 
     wide = SoftPromptPhase(context(mlx_model, scorer, seed=0, length=2), dataclasses.replace(config, starts=5), starts)
     assert wide.vectors.shape[0] == 5 and wide.bests[3:] == [ranked[0], ranked[0]]
-    np.testing.assert_array_equal(np.array(wide.vectors[:3]), np.array(together._embed(np.array([c.tokens for c in ranked]))))
+    np.testing.assert_array_equal(
+        np.array(wide.vectors[:3]), np.array(together._embed(np.array([c.tokens for c in ranked])))
+    )
     with pytest.raises(ValueError, match="starts"):
         SoftPromptPhase(ctx, dataclasses.replace(config, starts=0), starts)
 

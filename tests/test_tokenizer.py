@@ -34,39 +34,124 @@ LONG = [
 ]
 CORPUS = [
     # plain words and capitals
-    "cat", "a cat", "person", "traffic light", "hot dog", "teddy bear", "Dog", "DOG",
-    "The Quick Brown Fox", "iPhone", "McDonald's",
+    "cat",
+    "a cat",
+    "person",
+    "traffic light",
+    "hot dog",
+    "teddy bear",
+    "Dog",
+    "DOG",
+    "The Quick Brown Fox",
+    "iPhone",
+    "McDonald's",
     # punctuation runs
-    "hello, world", "wow!", "wow!!!", "what?!", "a.b.c", "...", "--", "(parenthesis)",
-    "[bracket]{brace}", "!$ !% !&", "@#$%^&*", "a/b\\c", "_underscore_",
-    "quote \"x\"",
+    "hello, world",
+    "wow!",
+    "wow!!!",
+    "what?!",
+    "a.b.c",
+    "...",
+    "--",
+    "(parenthesis)",
+    "[bracket]{brace}",
+    "!$ !% !&",
+    "@#$%^&*",
+    "a/b\\c",
+    "_underscore_",
+    'quote "x"',
     # apostrophes and contractions
-    "don't", "it's", "we're", "they've", "I'm", "you'll", "he'd", "DON'T", "'s",
-    "rock 'n' roll", "dogs'", "o'clock",
+    "don't",
+    "it's",
+    "we're",
+    "they've",
+    "I'm",
+    "you'll",
+    "he'd",
+    "DON'T",
+    "'s",
+    "rock 'n' roll",
+    "dogs'",
+    "o'clock",
     # numbers and digit runs
-    "42", "12345", "3.14159", "1st place", "2nd", "covid-19", "٣٤", "½ cup",
+    "42",
+    "12345",
+    "3.14159",
+    "1st place",
+    "2nd",
+    "covid-19",
+    "٣٤",
+    "½ cup",
     # HTML entities, mojibake that ftfy fixes
-    "rock &amp; roll", "&amp;amp;", "&lt;tag&gt;", "caf&eacute;", "&#39;quoted&#39;",
+    "rock &amp; roll",
+    "&amp;amp;",
+    "&lt;tag&gt;",
+    "caf&eacute;",
+    "&#39;quoted&#39;",
     "<b>&amp;amp;</b>",  # ftfy leaves entities next to "<" alone, so both unescapes matter
-    "schÃ¶n", "The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.", "cafÃ©",
+    "schÃ¶n",
+    "The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.",
+    "cafÃ©",
     # accents, CJK, emoji, Arabic and other scripts
-    "café", "naïve résumé", "Ångström", "straße", "İstanbul", "日本語", "猫と犬", "中文 text",
-    "한국어", "🐶", "🐶 dog 🐱", "👨‍👩‍👧", "❤️", "مرحبا بالعالم", "Привет мир", "Ελληνικά",
+    "café",
+    "naïve résumé",
+    "Ångström",
+    "straße",
+    "İstanbul",
+    "日本語",
+    "猫と犬",
+    "中文 text",
+    "한국어",
+    "🐶",
+    "🐶 dog 🐱",
+    "👨‍👩‍👧",
+    "❤️",
+    "مرحبا بالعالم",
+    "Привет мир",
+    "Ελληνικά",
     "हिन्दी",
     # whitespace
-    "a\tb", "a\nb", "a   b", "  leading and trailing  ", "\t\n", "", " ", "   ",
-    "a\u00a0b", "zero\u200bwidth",
+    "a\tb",
+    "a\nb",
+    "a   b",
+    "  leading and trailing  ",
+    "\t\n",
+    "",
+    " ",
+    "   ",
+    "a\u00a0b",
+    "zero\u200bwidth",
     # special-token text written literally
-    "<start_of_text>", "<end_of_text>", "a <start_of_text> b", "<END_OF_TEXT>", "<start_of_text",
+    "<start_of_text>",
+    "<end_of_text>",
+    "a <start_of_text> b",
+    "<END_OF_TEXT>",
+    "<start_of_text",
     # odd but legal; the long s "ſ" case-folds to "s", so only case-insensitive "'s" takes it
-    "it'ſ", "<ſtart_of_text>", "\u212a",  # Kelvin sign
-    "</w>", "a</w>b", "\x00nul", "tab\there",
+    "it'ſ",
+    "<ſtart_of_text>",
+    "\u212a",  # Kelvin sign
+    "</w>",
+    "a</w>b",
+    "\x00nul",
+    "tab\there",
     *LONG,
 ]
 # Short, lowercase-able natural text whose ids are expected to re-tokenize to themselves.
 NATURAL = [
-    "a cat", "traffic light", "The Quick Brown Fox", "hello, world", "don't", "12345",
-    "rock &amp; roll", "schÃ¶n", "café", "日本語", "🐶 dog 🐱", "مرحبا بالعالم", "a\tb",
+    "a cat",
+    "traffic light",
+    "The Quick Brown Fox",
+    "hello, world",
+    "don't",
+    "12345",
+    "rock &amp; roll",
+    "schÃ¶n",
+    "café",
+    "日本語",
+    "🐶 dog 🐱",
+    "مرحبا بالعالم",
+    "a\tb",
 ]
 
 
@@ -77,9 +162,7 @@ def tok() -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def ref() -> SimpleTokenizer:
-    return SimpleTokenizer(
-        bpe_path=str(DEFAULT_VOCAB), context_length=CONTEXT_LENGTH, clean="lower"
-    )
+    return SimpleTokenizer(bpe_path=str(DEFAULT_VOCAB), context_length=CONTEXT_LENGTH, clean="lower")
 
 
 def test_corpus_is_varied() -> None:
@@ -108,9 +191,7 @@ def test_encode_matches_sam3(tok: Tokenizer, ref: SimpleTokenizer, text: str) ->
 
 
 @pytest.mark.parametrize("context_length", [1, 2, 5, 32, 77])
-def test_context_lengths_match_sam3(
-    tok: Tokenizer, ref: SimpleTokenizer, context_length: int
-) -> None:
+def test_context_lengths_match_sam3(tok: Tokenizer, ref: SimpleTokenizer, context_length: int) -> None:
     texts = ["", "a cat", *LONG]
     expected = ref(texts, context_length=context_length).numpy()
     np.testing.assert_array_equal(tok(texts, context_length=context_length), expected)
@@ -146,9 +227,7 @@ def test_decode_matches_sam3(tok: Tokenizer, ref: SimpleTokenizer, text: str) ->
     assert tok.decode(tok(text)[0]) == expected  # the padded row from __call__ decodes alike
 
 
-def test_decode_keeps_real_bang_and_drops_only_trailing_padding(
-    tok: Tokenizer, ref: SimpleTokenizer
-) -> None:
+def test_decode_keeps_real_bang_and_drops_only_trailing_padding(tok: Tokenizer, ref: SimpleTokenizer) -> None:
     text = next(f"wow !{c}" for c in string.punctuation if 0 in ref.encode(f"wow !{c}"))
     ids = ref.encode(text)
     row = tok(text)[0]
@@ -223,10 +302,7 @@ def test_corrupt_vocab_gives_clear_error(tmp_path) -> None:
 
 
 def test_module_imports_without_torch_or_sam3() -> None:
-    code = (
-        "import sys, mlx_alias.tokenizer; "
-        "print(sorted({'torch', 'sam3', 'iopath'} & set(sys.modules)))"
-    )
+    code = "import sys, mlx_alias.tokenizer; print(sorted({'torch', 'sam3', 'iopath'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

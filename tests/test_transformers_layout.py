@@ -146,8 +146,13 @@ def _hf_ground(model, vision, ids, image_index, boxes=None, labels=None, *, cls_
         fpn_position_encoding=tuple(level[image_index] for level in vision.fpn_position_encoding),
     )
     with torch.no_grad():
-        return model(vision_embeds=per_prompt, input_ids=ids, attention_mask=(ids != 0).long(),
-                     input_boxes=boxes, input_boxes_labels=labels)
+        return model(
+            vision_embeds=per_prompt,
+            input_ids=ids,
+            attention_mask=(ids != 0).long(),
+            input_boxes=boxes,
+            input_boxes_labels=labels,
+        )
 
 
 def _compare_outputs(sam3_out: dict, hf_out) -> None:
@@ -207,8 +212,9 @@ def test_backbone_features_match(reference_out, hf_vision, hf_model, inputs):
     assert kept == len(hf_vision.fpn_hidden_states) - 1  # transformers drops the last level later
     for level in range(kept):
         _assert_near(f"fpn level {level}", features["backbone_fpn"][level], hf_vision.fpn_hidden_states[level])
-        _assert_near(f"position encoding {level}", features["vision_pos_enc"][level],
-                     hf_vision.fpn_position_encoding[level])
+        _assert_near(
+            f"position encoding {level}", features["vision_pos_enc"][level], hf_vision.fpn_position_encoding[level]
+        )
 
     ids = inputs[1]
     with torch.no_grad():
@@ -228,16 +234,25 @@ def _reference_ground_with_boxes(model, features, text, image_index, boxes, labe
     """``runners.ground`` with a box prompt per text prompt (boxes [B, N, 4] normalised cxcywh,
     labels [B, N]: 1 positive, 0 negative), in sam3's sequence-first ``Prompt``."""
     batch, count = boxes.shape[:2]
-    backbone_out = {**features, "language_features": text.memory.transpose(0, 1),
-                    "language_mask": text.padding}
-    find = FindStage(img_ids=image_index, text_ids=torch.arange(batch), input_boxes=None,
-                     input_boxes_mask=None, input_boxes_label=None, input_points=None,
-                     input_points_mask=None)
-    prompt = Prompt(box_embeddings=boxes.transpose(0, 1), box_labels=labels.transpose(0, 1),
-                    box_mask=torch.zeros(batch, count, dtype=torch.bool))
+    backbone_out = {**features, "language_features": text.memory.transpose(0, 1), "language_mask": text.padding}
+    find = FindStage(
+        img_ids=image_index,
+        text_ids=torch.arange(batch),
+        input_boxes=None,
+        input_boxes_mask=None,
+        input_boxes_label=None,
+        input_points=None,
+        input_points_mask=None,
+    )
+    prompt = Prompt(
+        box_embeddings=boxes.transpose(0, 1),
+        box_labels=labels.transpose(0, 1),
+        box_mask=torch.zeros(batch, count, dtype=torch.bool),
+    )
     with torch.no_grad(), pinned_memory_optional():
-        return model.forward_grounding(backbone_out=backbone_out, find_input=find, find_target=None,
-                                       geometric_prompt=prompt)
+        return model.forward_grounding(
+            backbone_out=backbone_out, find_input=find, find_target=None, geometric_prompt=prompt
+        )
 
 
 def test_box_prompts_match_official(reference, reference_out, hf_model, hf_vision, inputs):
@@ -297,7 +312,8 @@ def test_load_model_reads_the_transformers_layout_back(reference, reference_out,
 
     images, ids, image_index = inputs
     with torch.no_grad():
-        outputs = runners.ground(model, runners.image_features(model, images),
-                                 runners.text_features_from_ids(model, ids), image_index)
+        outputs = runners.ground(
+            model, runners.image_features(model, images), runners.text_features_from_ids(model, ids), image_index
+        )
     for name, expected in reference_out[2].items():  # measured: bit-identical
         _assert_near(f"reloaded {name}", expected, outputs[name], rtol=1e-6)

@@ -28,7 +28,9 @@ def test_converted_weights_load(mlx_weights):
 
 def test_missing_tensor_is_named(mlx_weights, tmp_path):
     folder = _variant(mlx_weights, tmp_path, lambda w: w.pop(KEY))
-    with pytest.raises(WeightsError, match=r"1 missing \(vision_encoder\.backbone\.layers\.0\.attention\.q_proj\.weight\)"):
+    with pytest.raises(
+        WeightsError, match=r"1 missing \(vision_encoder\.backbone\.layers\.0\.attention\.q_proj\.weight\)"
+    ):
         load_model(folder)
 
 

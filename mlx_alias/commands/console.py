@@ -102,9 +102,15 @@ class SearchStatus:
             self._mark = (key, p.evaluations, now)
         _, first, since = self._mark
         rate = (p.evaluations - first) / (now - since) if now > since else 0.0
-        eta = f", about {_duration((p.budget - p.evaluations) / rate)} left" if rate > 0 and p.evaluations < p.budget else ""
-        console.status(f"{p.category} ({p.number}/{p.count}) length {p.length} {p.phase:9s} {p.evaluations}/{p.budget} "
-                       f"evaluations, best {p.best:.3f}, {_duration(now - self.started)}{eta}")
+        eta = (
+            f", about {_duration((p.budget - p.evaluations) / rate)} left"
+            if rate > 0 and p.evaluations < p.budget
+            else ""
+        )
+        console.status(
+            f"{p.category} ({p.number}/{p.count}) length {p.length} {p.phase:9s} {p.evaluations}/{p.budget} "
+            f"evaluations, best {p.best:.3f}, {_duration(now - self.started)}{eta}"
+        )
 
 
 def _duration(seconds: float) -> str:

@@ -11,7 +11,9 @@ from .console import Dtype, console
 
 def command(
     source: Path = typer.Argument(..., help="sam3.pt, a transformers model.safetensors, or a folder holding either."),
-    out_dir: Path = typer.Argument(..., help="Folder to create with model.safetensors, config.json and the vocabulary."),
+    out_dir: Path = typer.Argument(
+        ..., help="Folder to create with model.safetensors, config.json and the vocabulary."
+    ),
     dtype: Dtype = typer.Option(Dtype.float32, "--dtype", help="Weight dtype of the MLX file."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it exists."),
 ) -> None:

@@ -22,8 +22,10 @@ def command(
 
         summary = demo(out, seed=seed, budget=budget, overwrite=overwrite, report=SearchStatus())
         console.end_status()
-        typer.echo(f"alias {summary['alias']!r} {summary['tokens']}: holdout score {summary['alias_holdout']:.3f} "
-                   f"(the hidden prompt: {summary['hidden_holdout']:.3f}) after {summary['evaluations']} evaluations")
+        typer.echo(
+            f"alias {summary['alias']!r} {summary['tokens']}: holdout score {summary['alias_holdout']:.3f} "
+            f"(the hidden prompt: {summary['hidden_holdout']:.3f}) after {summary['evaluations']} evaluations"
+        )
         typer.echo(f"results in {out / 'run' / 'aliases.json'}, report in {out / 'run' / 'report.md'}")
 
     console.guarded(action)

@@ -26,21 +26,44 @@ class SplitName(str, Enum):
 
 def command(
     weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
-    dataset: Path = typer.Option(..., "--dataset", help="COCO annotation file, or a folder holding one and the images."),
-    aliases: Path = typer.Option(None, "--aliases", help="aliases.json from a search (scored with the natural labels "
-                                 "and any --prompt, on each alias's own split, at its threshold)."),
+    dataset: Path = typer.Option(
+        ..., "--dataset", help="COCO annotation file, or a folder holding one and the images."
+    ),
+    aliases: Path = typer.Option(
+        None,
+        "--aliases",
+        help="aliases.json from a search (scored with the natural labels "
+        "and any --prompt, on each alias's own split, at its threshold).",
+    ),
     prompt: list[str] = typer.Option(None, "--prompt", help="A plain prompt to score (repeatable)."),
-    split: SplitName = typer.Option(SplitName.holdout, "--split", help="Which images: the split's train, holdout, or all."),
+    split: SplitName = typer.Option(
+        SplitName.holdout, "--split", help="Which images: the split's train, holdout, or all."
+    ),
     images: Path = typer.Option(None, "--images", help="Image folder, if not found beside the annotations."),
-    categories: str = typer.Option(None, "--categories", help="With --prompt: comma-separated category ids (default: all)."),
-    holdout: float = typer.Option(0.25, "--holdout", min=0.0, max=0.95, help="Holdout fraction, when the split is not in the alias file."),
+    categories: str = typer.Option(
+        None, "--categories", help="With --prompt: comma-separated category ids (default: all)."
+    ),
+    holdout: float = typer.Option(
+        0.25, "--holdout", min=0.0, max=0.95, help="Holdout fraction, when the split is not in the alias file."
+    ),
     seed: int = typer.Option(0, "--seed", help="Split seed, when the split is not in the alias file."),
-    threshold: float = typer.Option(None, "--threshold", min=0.0, max=1.0,
-                                    help="Official score above which a query is a predicted instance (default: the "
-                                    "alias file's, else 0.5)."),
-    batch: int = typer.Option(8, "--batch", min=0, help="(candidate, image) pairs per grounding call; 0 (MLX only): "
-                              "as many as fit in half the free memory (measured)."),
-    backend: Backend = typer.Option(Backend.mlx, "--backend", help="mlx, or torch (the reference; needs --checkpoint)."),
+    threshold: float = typer.Option(
+        None,
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="Official score above which a query is a predicted instance (default: the alias file's, else 0.5).",
+    ),
+    batch: int = typer.Option(
+        8,
+        "--batch",
+        min=0,
+        help="(candidate, image) pairs per grounding call; 0 (MLX only): "
+        "as many as fit in half the free memory (measured).",
+    ),
+    backend: Backend = typer.Option(
+        Backend.mlx, "--backend", help="mlx, or torch (the reference; needs --checkpoint)."
+    ),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="With --backend torch: the PyTorch checkpoint."),
     cache: Path = typer.Option(CACHE, "--cache", help="Image feature cache folder (MLX)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
@@ -68,14 +91,21 @@ def command(
             check_aliases(alias_file, data)
             recorded = alias_file.result
             if alias_file.versioned:
-                objective = recorded.objective if threshold is None else dataclasses.replace(recorded.objective,
-                                                                                             threshold=threshold)
+                objective = (
+                    recorded.objective
+                    if threshold is None
+                    else dataclasses.replace(recorded.objective, threshold=threshold)
+                )
             if recorded.weights.get("sha256") not in (None, weights_fingerprint(weights, cache)):
-                typer.echo(f"note: {weights} are not the weights the aliases were searched with; scores may differ",
-                           err=True)
+                typer.echo(
+                    f"note: {weights} are not the weights the aliases were searched with; scores may differ", err=True
+                )
             if recorded.dataset.get("annotations_sha256") not in (None, data.annotations_sha256):
-                typer.echo("note: the annotations differ from those the aliases were searched on; "
-                           "the recorded splits name image ids of those", err=True)
+                typer.echo(
+                    "note: the annotations differ from those the aliases were searched on; "
+                    "the recorded splits name image ids of those",
+                    err=True,
+                )
         if backend is Backend.torch:
             if checkpoint is None:
                 raise ValueError("--backend torch needs --checkpoint (the PyTorch weights)")
@@ -89,8 +119,9 @@ def command(
 
             def make_scorer(cid: int, ids: list[int]):
                 targets = [prepare_target(*_target(data, i, cid), size) for i in ids]
-                return TorchScorer(reference, [data.images[i].path for i in ids], targets, objective, batch,
-                                   cfg.vision.image_size)
+                return TorchScorer(
+                    reference, [data.images[i].path for i in ids], targets, objective, batch, cfg.vision.image_size
+                )
         else:
             from mlx_alias.search.batching import pairs_for
             from mlx_alias.search.cache import FeatureCache
@@ -105,12 +136,30 @@ def command(
 
         chosen = category_ids(categories)
         entries = alias_file.result.aliases if alias_file else None
-        rows = evaluate(data, tokenizer, make_scorer, which=split.value, aliases=entries, prompts=prompt or None,
-                   categories=chosen, holdout_fraction=holdout, seed=seed)
+        rows = evaluate(
+            data,
+            tokenizer,
+            make_scorer,
+            which=split.value,
+            aliases=entries,
+            prompts=prompt or None,
+            categories=chosen,
+            holdout_fraction=holdout,
+            seed=seed,
+        )
         for row in rows:
             if as_json:
-                typer.echo(json.dumps({"category_id": row.category_id, "text": row.text, "tokens": row.tokens,
-                                       "split": row.split, "score": row.score}))
+                typer.echo(
+                    json.dumps(
+                        {
+                            "category_id": row.category_id,
+                            "text": row.text,
+                            "tokens": row.tokens,
+                            "split": row.split,
+                            "score": row.score,
+                        }
+                    )
+                )
             else:
                 typer.echo(f"category {row.category_id} {row.split:7s} {row.score:7.4f}  {row.text!r}")
 

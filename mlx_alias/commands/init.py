@@ -22,10 +22,16 @@ class Format(str, Enum):
 
 def command(
     out: Path = typer.Option(..., "--out", help="Folder to write the checkpoint into (created)."),
-    preset: Preset = typer.Option(Preset.tiny, "--preset", help="tiny (tests, quick searches; scoring sharpened and a "
-                                  "low-rank vocabulary, see docs/model.md) or full (SAM3's sizes)."),
+    preset: Preset = typer.Option(
+        Preset.tiny,
+        "--preset",
+        help="tiny (tests, quick searches; scoring sharpened and a "
+        "low-rank vocabulary, see docs/model.md) or full (SAM3's sizes).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed of the weights."),
-    fmt: Format = typer.Option(Format.sam3, "--format", help="sam3: official sam3.pt; hf: transformers model.safetensors."),
+    fmt: Format = typer.Option(
+        Format.sam3, "--format", help="sam3: official sam3.pt; hf: transformers model.safetensors."
+    ),
     device: str = typer.Option(None, "--device", help="torch device to initialise on (default: cuda, mps, then cpu)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:

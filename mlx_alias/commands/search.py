@@ -12,32 +12,62 @@ from .console import CACHE, Dtype, SearchStatus, category_ids, console, load_wei
 
 def command(
     weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
-    dataset: Path = typer.Option(..., "--dataset", help="COCO annotation file, or a folder holding one and the images."),
+    dataset: Path = typer.Option(
+        ..., "--dataset", help="COCO annotation file, or a folder holding one and the images."
+    ),
     out: Path = typer.Option(..., "--out", help="Run folder (results, report, checkpoints)."),
     images: Path = typer.Option(None, "--images", help="Image folder, if not found beside the annotations."),
     categories: str = typer.Option(None, "--categories", help="Comma-separated category ids (default: all)."),
-    lengths: list[int] = typer.Option([4], "--length", min=1, max=30,
-                                      help="Alias length in tokens; repeat to search several (the best is kept)."),
-    budget: int = typer.Option(6000, "--budget", min=1,
-                               help="Exact evaluations (candidate x training image) per category and length."),
-    holdout: float = typer.Option(0.25, "--holdout", min=0.0, max=0.95, help="Fraction of images held out per category."),
+    lengths: list[int] = typer.Option(
+        [4], "--length", min=1, max=30, help="Alias length in tokens; repeat to search several (the best is kept)."
+    ),
+    budget: int = typer.Option(
+        6000, "--budget", min=1, help="Exact evaluations (candidate x training image) per category and length."
+    ),
+    holdout: float = typer.Option(
+        0.25, "--holdout", min=0.0, max=0.95, help="Fraction of images held out per category."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the split and of the search."),
-    batch: int = typer.Option(8, "--batch", min=0, help="(candidate, image) pairs per grounding call; 0: as many as fit "
-                              "in half the free memory (measured; larger batches prune raced candidates later)."),
+    batch: int = typer.Option(
+        8,
+        "--batch",
+        min=0,
+        help="(candidate, image) pairs per grounding call; 0: as many as fit "
+        "in half the free memory (measured; larger batches prune raced candidates later).",
+    ),
     dtype: Dtype = typer.Option(None, "--dtype", help="Compute dtype (default: the weights' dtype)."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is a predicted instance."),
-    roundtrip_only: bool = typer.Option(False, "--roundtrip-only", help="Only aliases whose text re-tokenizes to the same ids."),
-    phases: str = typer.Option("soft,evolution,gcg", "--phases",
-                               help="Comma-separated search phases in order, among concept, soft, evolution, gcg."),
-    soft_starts: int = typer.Option(8, "--soft-starts", min=1,
-                                    help="Soft prompts the soft phase climbs side by side, from the best starts "
-                                    "(each costs one surrogate gradient per step)."),
-    score_temperature: float = typer.Option(None, "--score-temperature", min=1e-6,
-                                            help="Width of the surrogate's soft score threshold (default: an eighth "
-                                            "of the model's score spread on random aliases)."),
-    mask_temperature: float = typer.Option(None, "--mask-temperature", min=1e-6,
-                                           help="The surrogate's masks are sigmoid(logit / this) (default: a fifth "
-                                           "of the model's median |mask logit| on random aliases)."),
+    threshold: float = typer.Option(
+        0.5, "--threshold", min=0.0, max=1.0, help="Official score above which a query is a predicted instance."
+    ),
+    roundtrip_only: bool = typer.Option(
+        False, "--roundtrip-only", help="Only aliases whose text re-tokenizes to the same ids."
+    ),
+    phases: str = typer.Option(
+        "soft,evolution,gcg",
+        "--phases",
+        help="Comma-separated search phases in order, among concept, soft, evolution, gcg.",
+    ),
+    soft_starts: int = typer.Option(
+        8,
+        "--soft-starts",
+        min=1,
+        help="Soft prompts the soft phase climbs side by side, from the best starts "
+        "(each costs one surrogate gradient per step).",
+    ),
+    score_temperature: float = typer.Option(
+        None,
+        "--score-temperature",
+        min=1e-6,
+        help="Width of the surrogate's soft score threshold (default: an eighth "
+        "of the model's score spread on random aliases).",
+    ),
+    mask_temperature: float = typer.Option(
+        None,
+        "--mask-temperature",
+        min=1e-6,
+        help="The surrogate's masks are sigmoid(logit / this) (default: a fifth "
+        "of the model's median |mask logit| on random aliases).",
+    ),
     cache: Path = typer.Option(CACHE, "--cache", help="Image feature cache folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT."),
 ) -> None:
@@ -50,31 +80,45 @@ def command(
         from mlx_alias.search.objective import ObjectiveConfig
         from mlx_alias.search.run import run_search
 
-        cfg = SearchConfig(lengths=tuple(dict.fromkeys(lengths)), budget=budget, holdout_fraction=holdout, seed=seed, pairs_per_batch=batch,
-                           roundtrip_only=roundtrip_only,
-                           objective=ObjectiveConfig(threshold=threshold, temperature=score_temperature,
-                                                     mask_temperature=mask_temperature))
+        cfg = SearchConfig(
+            lengths=tuple(dict.fromkeys(lengths)),
+            budget=budget,
+            holdout_fraction=holdout,
+            seed=seed,
+            pairs_per_batch=batch,
+            roundtrip_only=roundtrip_only,
+            objective=ObjectiveConfig(
+                threshold=threshold, temperature=score_temperature, mask_temperature=mask_temperature
+            ),
+        )
         cfg = dataclasses.replace(cfg, soft=dataclasses.replace(cfg.soft, starts=soft_starts))
         cfg = cfg.with_phases(tuple(p.strip() for p in phases.split(",")))
         data = load_dataset(dataset, images)
         model = load_weights(weights, dtype)
         feature_cache = FeatureCache(model, weights, cache)
 
-        result = run_search(model, feature_cache, data, out, cfg, category_ids(categories), resume,
-                            report=SearchStatus())
+        result = run_search(
+            model, feature_cache, data, out, cfg, category_ids(categories), resume, report=SearchStatus()
+        )
         console.end_status()
         for alias in result.aliases:
             base = alias.baseline
             versus = f" (natural label {base.holdout_score:.3f})" if base and base.holdout_score is not None else ""
             held = "n/a" if alias.holdout_score is None else f"{alias.holdout_score:.3f}"
-            typed = "" if alias.roundtrip else " (its text does not re-tokenize to these tokens: apply it by its tokens)"
-            typer.echo(f"category {alias.category_id}: {alias.text!r} {list(alias.tokens)} train {alias.train_score:.3f}, "
-                       f"holdout {held}{versus}{typed}")
+            typed = (
+                "" if alias.roundtrip else " (its text does not re-tokenize to these tokens: apply it by its tokens)"
+            )
+            typer.echo(
+                f"category {alias.category_id}: {alias.text!r} {list(alias.tokens)} train {alias.train_score:.3f}, "
+                f"holdout {held}{versus}{typed}"
+            )
         for item in result.skipped:
             named = f" ({item.name!r})" if item.name else ""
             typer.echo(f"category {item.category_id}{named}: skipped, {item.reason}")
-        typer.echo(f"results in {out / 'aliases.json'}; apply an alias with: mlx-alias segment --weights {weights} "
-                   f"--image IMAGE --aliases {out / 'aliases.json'} --category ID")
+        typer.echo(
+            f"results in {out / 'aliases.json'}; apply an alias with: mlx-alias segment --weights {weights} "
+            f"--image IMAGE --aliases {out / 'aliases.json'} --category ID"
+        )
 
     def interrupted() -> str:
         if (out / "run.json").is_file():

@@ -34,15 +34,24 @@ def result_json(image: Path, rgb: np.ndarray, prompt, threshold: float, found: l
 
 def command(
     weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
-    image: Path = typer.Option(..., "--image", help="Any image Pillow reads (EXIF-rotated, 16-bit, palette, alpha ...)."),
+    image: Path = typer.Option(
+        ..., "--image", help="Any image Pillow reads (EXIF-rotated, 16-bit, palette, alpha ...)."
+    ),
     out: Path = typer.Option(..., "--out", help="Overlay PNG to write; the JSON goes beside it (same name, .json)."),
     prompt: str = typer.Option(None, "--prompt", help="Text prompt."),
     tokens: str = typer.Option(None, "--tokens", help="Raw content token ids instead of text, e.g. 1929,320."),
-    aliases: Path = typer.Option(None, "--aliases", help="aliases.json from a search: apply its alias (by its tokens)."),
+    aliases: Path = typer.Option(
+        None, "--aliases", help="aliases.json from a search: apply its alias (by its tokens)."
+    ),
     category: int = typer.Option(None, "--category", help="With --aliases: the category whose alias to apply."),
-    threshold: float = typer.Option(None, "--threshold", min=0.0, max=1.0,
-                                    help="Keep instances whose official score is above this (default: the alias "
-                                    "file's threshold with --aliases, else 0.5)."),
+    threshold: float = typer.Option(
+        None,
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="Keep instances whose official score is above this (default: the alias "
+        "file's threshold with --aliases, else 0.5).",
+    ),
 ) -> None:
     """Segment every instance of a prompt in one image: overlay PNG + JSON (scores, boxes, RLE masks)."""
 

@@ -11,7 +11,9 @@ from .console import console
 
 
 def command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="The PyTorch checkpoint the weights were converted from."),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", help="The PyTorch checkpoint the weights were converted from."
+    ),
     weights: Path = typer.Option(..., "--weights", help="Folder written by `mlx-alias convert`."),
     image: Path = typer.Option(..., "--image", help="Image to compare on."),
     prompt: str = typer.Option(..., "--prompt", help="Text prompt to compare on."),

@@ -88,7 +88,9 @@ class Dataset:
             self._coco = COCO()
             self._coco.dataset = data
             self._coco.createIndex()
-        self.categories = {c["id"]: Category(c["id"], (c.get("name") or "").strip() or None) for c in data["categories"]}
+        self.categories = {
+            c["id"]: Category(c["id"], (c.get("name") or "").strip() or None) for c in data["categories"]
+        }
         self.images = {
             i["id"]: ImageInfo(i["id"], image_root / i["file_name"], i["height"], i["width"]) for i in data["images"]
         }

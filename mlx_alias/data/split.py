@@ -59,5 +59,7 @@ def caution(split: Split) -> str | None:
     predicted on unseen negatives (benchmarks/README.md, "Scoring on 48 unseen images")."""
     if split.train_negatives:
         return None
-    return ("no training image is without the concept, so the search cannot see false positives and the "
-            "alias may predict it on images that lack it; add such images to the dataset")
+    return (
+        "no training image is without the concept, so the search cannot see false positives and the "
+        "alias may predict it on images that lack it; add such images to the dataset"
+    )

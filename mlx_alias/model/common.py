@@ -44,12 +44,16 @@ def _cpu_kernel():
     try:
         from mlx_alias import _cpu_attention  # built by setup.py on Linux
     except ModuleNotFoundError:
-        raise ImportError("mlx_alias's CPU attention extension is not built (MLX_ALIAS_CPU_KERNEL=0 at install?); "
-                          "reinstall mlx-alias with pip to run on the CPU") from None
+        raise ImportError(
+            "mlx_alias's CPU attention extension is not built (MLX_ALIAS_CPU_KERNEL=0 at install?); "
+            "reinstall mlx-alias with pip to run on the CPU"
+        ) from None
 
     if _cpu_attention.mlx_version != mx.__version__:
-        raise ImportError(f"mlx_alias's CPU attention was built against MLX {_cpu_attention.mlx_version} but "
-                          f"MLX {mx.__version__} is installed; reinstall mlx-alias")
+        raise ImportError(
+            f"mlx_alias's CPU attention was built against MLX {_cpu_attention.mlx_version} but "
+            f"MLX {mx.__version__} is installed; reinstall mlx-alias"
+        )
     return _cpu_attention
 
 
@@ -61,8 +65,9 @@ def _fused_attention(q: mx.array, k: mx.array, v: mx.array, *mask: mx.array) -> 
 
 
 @_fused_attention.vjp
-def _fused_attention_vjp(primals: tuple[mx.array, ...], cotangents: tuple[mx.array, mx.array],
-                         outputs: tuple[mx.array, mx.array]) -> tuple[mx.array, ...]:
+def _fused_attention_vjp(
+    primals: tuple[mx.array, ...], cotangents: tuple[mx.array, mx.array], outputs: tuple[mx.array, mx.array]
+) -> tuple[mx.array, ...]:
     # The log-sum-exp output is for the backward kernel only: its cotangent is ignored. The
     # cotangent may be a view (a broadcast, when the loss is a plain sum): the kernel reads rows.
     q, k, v, *mask = primals
@@ -101,12 +106,26 @@ _ERF_LIMIT = 3.832506856900711 * math.sqrt(2)  # |x| beyond which erf(x / sqrt 2
 # Eigen's coefficients in z = x / sqrt 2 (erf(z) = z P(z^2) / Q(z^2)), rewritten for x^2 so that
 # the kernel saves the scaling step: MLX fuses graphs at most 11 operations deep, and this one,
 # clamp to output, is 10.
-_ERF_P = tuple(a / (math.sqrt(2) * 2**i) for i, a in enumerate((
-    1.128379143519084, 0.18520832239976145, 0.050955695062380861, 0.0034082910107109506,
-    0.00022905065861350646)))
-_ERF_Q = tuple(b / 2**i for i, b in enumerate((
-    1.0, 0.49746925110067538, 0.11098505178285362, 0.014070470171167667, 0.0010179625278914885,
-    0.000023547966471313185, -1.1791602954361697e-7)))
+_ERF_P = tuple(
+    a / (math.sqrt(2) * 2**i)
+    for i, a in enumerate(
+        (1.128379143519084, 0.18520832239976145, 0.050955695062380861, 0.0034082910107109506, 0.00022905065861350646)
+    )
+)
+_ERF_Q = tuple(
+    b / 2**i
+    for i, b in enumerate(
+        (
+            1.0,
+            0.49746925110067538,
+            0.11098505178285362,
+            0.014070470171167667,
+            0.0010179625278914885,
+            0.000023547966471313185,
+            -1.1791602954361697e-7,
+        )
+    )
+)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 
 
@@ -150,8 +169,15 @@ def _gelu_kernel(x: mx.array) -> mx.array:
 _LOG2E = 1.4426950408889634
 _FLOOR = -127.0  # exponents clamped here get the power 2**-127 written as bits 0: weight exactly 0
 _ROUND = 12582912.0  # 1.5 * 2**23: (t + _ROUND) - _ROUND is t rounded to an integer
-_EXP2 = (1.0, 6.931472028550421e-1, 2.402264791363012e-1, 5.550332471162809e-2,
-         9.618437357674640e-3, 1.339887440266574e-3, 1.535336188319500e-4)  # 2**f on |f| <= 1/2
+_EXP2 = (
+    1.0,
+    6.931472028550421e-1,
+    2.402264791363012e-1,
+    5.550332471162809e-2,
+    9.618437357674640e-3,
+    1.339887440266574e-3,
+    1.535336188319500e-4,
+)  # 2**f on |f| <= 1/2
 
 
 @mx.compile
@@ -231,10 +257,19 @@ class Attention(nn.Module):
 
     def project(self, queries: mx.array, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """q, k, v projected and split into heads [B, heads, L, D]."""
-        return (split_heads(self.q_proj(queries), self.heads), split_heads(self.k_proj(keys), self.heads),
-                split_heads(self.v_proj(values), self.heads))
+        return (
+            split_heads(self.q_proj(queries), self.heads),
+            split_heads(self.k_proj(keys), self.heads),
+            split_heads(self.v_proj(values), self.heads),
+        )
 
-    def __call__(self, queries: mx.array, keys: mx.array, values: mx.array,
-                 key_padding: mx.array | None = None, bias: mx.array | None = None) -> mx.array:
+    def __call__(
+        self,
+        queries: mx.array,
+        keys: mx.array,
+        values: mx.array,
+        key_padding: mx.array | None = None,
+        bias: mx.array | None = None,
+    ) -> mx.array:
         q, k, v = self.project(queries, keys, values)
         return self.o_proj(merge_heads(attend(q, k, v, attend_mask(key_padding, bias))))

@@ -104,8 +104,16 @@ class DecoderLayer(nn.Module):
         self.mlp = Mlp(d, det.ffn_dim, nn.relu)
         self.mlp_layer_norm = nn.LayerNorm(d, eps=eps)
 
-    def __call__(self, x: mx.array, positions: mx.array, prompt: mx.array, prompt_padding: mx.array,
-                 memory: mx.array, memory_keys: mx.array, box_bias: mx.array) -> mx.array:
+    def __call__(
+        self,
+        x: mx.array,
+        positions: mx.array,
+        prompt: mx.array,
+        prompt_padding: mx.array,
+        memory: mx.array,
+        memory_keys: mx.array,
+        box_bias: mx.array,
+    ) -> mx.array:
         """x and positions [B, 1 + Q, d], the presence token first; memory_keys = memory + its
         positions; box_bias [B, heads, 1 + Q, H*W]."""
         q = x + positions
@@ -151,8 +159,14 @@ class Decoder(nn.Module):
         bias_x = mx.pad(self.box_rpb_embed_x(_log_scale(to_x_edges)).transpose(0, 3, 1, 2), presence_row)
         return (bias_y[..., None] + bias_x[..., None, :]).reshape(batch, -1, 1 + queries, height * width)
 
-    def __call__(self, memory: mx.array, memory_positions: mx.array, grid: tuple[int, int],
-                 prompt: mx.array, prompt_padding: mx.array) -> DecoderOutput:
+    def __call__(
+        self,
+        memory: mx.array,
+        memory_positions: mx.array,
+        grid: tuple[int, int],
+        prompt: mx.array,
+        prompt_padding: mx.array,
+    ) -> DecoderOutput:
         """memory [B, H*W, d] (the fusion encoder's output, row-major over the ``grid`` (H, W)),
         memory_positions [B or 1, H*W, d], prompt [B, Lp, d], prompt_padding [B, Lp] (True = padding)."""
         batch, count = memory.shape[0], self.query_embed.weight.shape[0]

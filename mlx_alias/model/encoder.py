@@ -34,15 +34,22 @@ class EncoderLayer(nn.Module):
         self.layer_norm3 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.mlp = Mlp(cfg.d_model, cfg.ffn_dim, activation=nn.relu)
 
-    def __call__(self, x: mx.array, memory: mx.array, *, positions: mx.array | None = None,
-                 memory_positions: mx.array | None = None,
-                 memory_padding: mx.array | None = None) -> mx.array:
+    def __call__(
+        self,
+        x: mx.array,
+        memory: mx.array,
+        *,
+        positions: mx.array | None = None,
+        memory_positions: mx.array | None = None,
+        memory_padding: mx.array | None = None,
+    ) -> mx.array:
         """Tokens x [B, L, d] attending to memory [B, M, d]. ``positions`` (broadcastable to
         x) join the self-attention queries and keys, ``memory_positions`` the cross-attention
         keys; ``memory_padding`` [B, M] is True where a memory token is padding. The tokens x
         are never padding here: image tokens, or the geometry encoder's one cls token."""
-        return self.attend_memory(self.attend_self(x, positions), memory, memory_positions=memory_positions,
-                                  memory_padding=memory_padding)
+        return self.attend_memory(
+            self.attend_self(x, positions), memory, memory_positions=memory_positions, memory_padding=memory_padding
+        )
 
     def attend_self(self, x: mx.array, positions: mx.array | None = None) -> mx.array:
         """The self-attention half: x + self-attention(norm1 x), ``positions`` on queries and keys."""
@@ -50,8 +57,14 @@ class EncoderLayer(nn.Module):
         q = h if positions is None else h + positions
         return x + self.self_attn(q, q, h)
 
-    def attend_memory(self, x: mx.array, memory: mx.array, *, memory_positions: mx.array | None = None,
-                      memory_padding: mx.array | None = None) -> mx.array:
+    def attend_memory(
+        self,
+        x: mx.array,
+        memory: mx.array,
+        *,
+        memory_positions: mx.array | None = None,
+        memory_padding: mx.array | None = None,
+    ) -> mx.array:
         """The rest: cross-attention to the memory, then the FFN."""
         h = self.layer_norm2(x)
         keys = memory if memory_positions is None else memory + memory_positions
@@ -78,8 +91,9 @@ class FusionEncoder(nn.Module):
         -> [B, HW, d]. It depends on the image only, so prompts on one image can share it."""
         return self.layers[0].attend_self(image_tokens, image_positions.astype(image_tokens.dtype))
 
-    def __call__(self, attended: mx.array, image_positions: mx.array, prompt: mx.array,
-                 prompt_padding: mx.array) -> mx.array:
+    def __call__(
+        self, attended: mx.array, image_positions: mx.array, prompt: mx.array, prompt_padding: mx.array
+    ) -> mx.array:
         """``attend_image``'s output [B, HW, d], the position encodings [B or 1, HW, d], the
         prompt [B, Lp, d] and its padding [B, Lp] (True = padding) -> the encoder memory [B, HW, d]."""
         positions = image_positions.astype(attended.dtype)  # sine tables are fp32 always

@@ -54,8 +54,7 @@ class GeometryEncoder(nn.Module):
         return self.output_layer_norm(x)
 
 
-def text_prompt(text_memory: mx.array, text_padding: mx.array,
-                geometry_tokens: mx.array) -> tuple[mx.array, mx.array]:
+def text_prompt(text_memory: mx.array, text_padding: mx.array, geometry_tokens: mx.array) -> tuple[mx.array, mx.array]:
     """sam3's prompt for text-only grounding: the text features [B, L, d] as they are (padding
     stays in place), then the geometry token [B or 1, 1, d], which is never padding.
     Returns (prompt [B, L + 1, d], padding [B, L + 1], True = padding)."""

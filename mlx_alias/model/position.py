@@ -36,8 +36,10 @@ def sine_position_encoding(height: int, width: int, d_model: int) -> mx.array:
     pos_y = _interleave(y[:, None] / freqs)  # [H, d/2]
     pos_x = _interleave(x[:, None] / freqs)  # [W, d/2]
     grid = np.concatenate(
-        [np.broadcast_to(pos_y[:, None], (height, width, d_model // 2)),
-         np.broadcast_to(pos_x[None, :], (height, width, d_model // 2))],
+        [
+            np.broadcast_to(pos_y[:, None], (height, width, d_model // 2)),
+            np.broadcast_to(pos_x[None, :], (height, width, d_model // 2)),
+        ],
         axis=-1,
     )
     return mx.array(grid.astype(np.float32))

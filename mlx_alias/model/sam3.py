@@ -136,8 +136,9 @@ class Sam3(nn.Module):
         text features, hence to the input embeddings."""
         detection = self.detect(image, text, image_index)
         masks, semantic = self.segment(image, detection)
-        return Grounding(logits=detection.logits, presence=detection.presence, boxes=detection.boxes,
-                         masks=masks, semantic=semantic)
+        return Grounding(
+            logits=detection.logits, presence=detection.presence, boxes=detection.boxes, masks=masks, semantic=semantic
+        )
 
     def prepare(self, image: ImageFeatures) -> ImageFeatures:
         """The features with grounding's prompt-independent parts computed once per image: the
@@ -146,9 +147,12 @@ class Sam3(nn.Module):
         segmentation head's image-only convolutions, which ``segment`` otherwise computes per
         call (once per image in it)."""
         tokens, positions = _lowest_tokens(image)
-        return replace(image, geometry=self.geometry_encoder(tokens, positions),
-                       attended=self.detr_encoder.attend_image(tokens, positions),
-                       skips=self.mask_decoder.skips(image.levels))
+        return replace(
+            image,
+            geometry=self.geometry_encoder(tokens, positions),
+            attended=self.detr_encoder.attend_image(tokens, positions),
+            skips=self.mask_decoder.skips(image.levels),
+        )
 
     def detect(self, image: ImageFeatures, text: TextFeatures, image_index: mx.array | None = None) -> Detection:
         """``ground`` up to the scores and boxes: the fusion encoder, decoder and scoring."""
@@ -167,11 +171,20 @@ class Sam3(nn.Module):
         memory = self.detr_encoder(attended, positions, prompt, padding)
         decoded = self.detr_decoder(memory, positions, (height, width), prompt, padding)
         logits = self.dot_product_scoring(decoded.queries, prompt, padding)
-        return Detection(logits=logits[..., 0], presence=decoded.presence_logit[:, 0], boxes=decoded.boxes,
-                         image_index=image_index, memory=memory, queries=decoded.queries, prompt=prompt,
-                         padding=padding)
+        return Detection(
+            logits=logits[..., 0],
+            presence=decoded.presence_logit[:, 0],
+            boxes=decoded.boxes,
+            image_index=image_index,
+            memory=memory,
+            queries=decoded.queries,
+            prompt=prompt,
+            padding=padding,
+        )
 
-    def segment(self, image: ImageFeatures, detection: Detection, rows: mx.array | None = None) -> tuple[mx.array, mx.array]:
+    def segment(
+        self, image: ImageFeatures, detection: Detection, rows: mx.array | None = None
+    ) -> tuple[mx.array, mx.array]:
         """The segmentation head on a detection's pairs (only ``rows`` of them, when given: the
         search skips pairs whose masks its objective never reads) -> (mask logits [R, Q, H, W],
         semantic logits [R, H, W])."""

@@ -34,7 +34,7 @@ def conv3x3_upsampled(x: mx.array, weight: mx.array) -> mx.array:
             shifted, kernels = [], []
             for dr, kernel_rows in row_taps:
                 for dc, kernel_columns in column_taps:
-                    shifted.append(padded[:, 1 + dr: 1 + dr + height, 1 + dc: 1 + dc + width])
+                    shifted.append(padded[:, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width])
                     kernels.append(sum(weight[:, r, c] for r in kernel_rows for c in kernel_columns))
             # one [B h w, 4C] @ [4C, O] product per phase
             phases.append(mx.concatenate(shifted, axis=-1) @ mx.concatenate(kernels, axis=-1).T)
@@ -131,8 +131,9 @@ class SegmentationHead(nn.Module):
         [B, h_l, w_l, d], highest resolution first: once per image, then indexed per prompt."""
         return self.pixel_decoder.skips(levels[:-1])
 
-    def __call__(self, skips: list[mx.array], memory: mx.array, queries: mx.array,
-                 prompt: mx.array, prompt_padding: mx.array) -> tuple[mx.array, mx.array]:
+    def __call__(
+        self, skips: list[mx.array], memory: mx.array, queries: mx.array, prompt: mx.array, prompt_padding: mx.array
+    ) -> tuple[mx.array, mx.array]:
         """Per-prompt inputs, one batch entry per prompt (the caller picks each prompt's image;
         sam3 does that inside with ``image_ids``):
 

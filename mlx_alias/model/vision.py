@@ -114,9 +114,7 @@ class VisionTrunk(nn.Module):
         self.cfg = cfg
         self.embeddings = VisionEmbeddings(cfg)
         self.layer_norm = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.layers = [
-            VisionLayer(cfg, 0 if i in cfg.global_blocks else cfg.window_size) for i in range(cfg.depth)
-        ]
+        self.layers = [VisionLayer(cfg, 0 if i in cfg.global_blocks else cfg.window_size) for i in range(cfg.depth)]
 
     def rope(self, layer: VisionLayer, grid: int) -> tuple[mx.array, mx.array]:
         """A window block's table spans one window; a global block's spans the grid,

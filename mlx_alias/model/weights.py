@@ -69,7 +69,7 @@ def check_weights(model: nn.Module, weights: dict[str, mx.array]) -> None:
 
 def load_part(module: nn.Module, weights: dict[str, mx.array], prefix: str) -> nn.Module:
     """Load the tensors under ``prefix`` (e.g. "detr_decoder.") into one part, strictly."""
-    part = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+    part = {key[len(prefix) :]: value for key, value in weights.items() if key.startswith(prefix)}
     check_weights(module, part)
     module.load_weights(list(part.items()))
     return module.eval()

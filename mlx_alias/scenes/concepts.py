@@ -103,8 +103,15 @@ class Query:
     covers: np.ndarray  # bool [objects]
 
 
-def training_queries(rng: np.random.Generator, things: tuple[Thing, ...], count: int, tokenizer: Tokenizer,
-                     pool: np.ndarray, positive: float = 0.5, random: float = 0.15) -> list[Query]:
+def training_queries(
+    rng: np.random.Generator,
+    things: tuple[Thing, ...],
+    count: int,
+    tokenizer: Tokenizer,
+    pool: np.ndarray,
+    positive: float = 0.5,
+    random: float = 0.15,
+) -> list[Query]:
     """``count`` captions for a scene: about ``positive`` of them name an object's attributes
     (one to four of them), ``random`` are random tokens, the rest name attributes no object has."""
     values = {"size": SIZES, "pattern": PATTERNS, "colour": tuple(COLOURS), "shape": SHAPES}

@@ -34,8 +34,11 @@ def _rle(mask: np.ndarray) -> dict:
 def coco(drawn: list[Scene], concepts: tuple[Concept, ...] | list[Concept], names: list[str]) -> dict:
     """The COCO annotation object for scenes saved under ``names``: category ``k + 1`` is
     ``concepts[k]``, labelled with its label."""
-    data = {"images": [], "annotations": [],
-            "categories": [{"id": k + 1, "name": c.label} for k, c in enumerate(concepts)]}
+    data = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": k + 1, "name": c.label} for k, c in enumerate(concepts)],
+    }
     for image_id, (sc, name) in enumerate(zip(drawn, names), start=1):
         data["images"].append({"id": image_id, "file_name": name, "height": SIZE, "width": SIZE})
         for k, concept in enumerate(concepts):
@@ -43,16 +46,33 @@ def coco(drawn: list[Scene], concepts: tuple[Concept, ...] | list[Concept], name
                 if not concept.covers(thing):
                     continue
                 ys, xs = np.nonzero(mask)
-                data["annotations"].append({
-                    "id": len(data["annotations"]) + 1, "image_id": image_id, "category_id": k + 1,
-                    "segmentation": _rle(mask), "area": int(mask.sum()), "iscrowd": 0,
-                    "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
-                })
+                data["annotations"].append(
+                    {
+                        "id": len(data["annotations"]) + 1,
+                        "image_id": image_id,
+                        "category_id": k + 1,
+                        "segmentation": _rle(mask),
+                        "area": int(mask.sum()),
+                        "iscrowd": 0,
+                        "bbox": [
+                            int(xs.min()),
+                            int(ys.min()),
+                            int(xs.max() - xs.min() + 1),
+                            int(ys.max() - ys.min() + 1),
+                        ],
+                    }
+                )
     return data
 
 
-def write_dataset(out: Path, concepts: tuple[Concept, ...] | list[Concept], count: int, seed: int, first: int = 0,
-                  overwrite: bool = False) -> Path:
+def write_dataset(
+    out: Path,
+    concepts: tuple[Concept, ...] | list[Concept],
+    count: int,
+    seed: int,
+    first: int = 0,
+    overwrite: bool = False,
+) -> Path:
     """``out/annotations.json`` and ``out/images/scene-NNNN.png`` for scenes ``first`` to
     ``first + count - 1`` of the seed's stream; written whole or not at all."""
     drawn = scenes(count, seed, first)

@@ -18,8 +18,13 @@ SIZE = 224  # the tiny preset's input: scenes are drawn at the model's own resol
 SIZES = ("small", "large")
 PATTERNS = ("plain", "striped", "dotted", "checkered")
 COLOURS = {
-    "red": (215, 35, 35), "orange": (245, 135, 20), "yellow": (240, 215, 35), "green": (40, 165, 60),
-    "blue": (40, 80, 215), "purple": (135, 50, 185), "pink": (245, 125, 190),
+    "red": (215, 35, 35),
+    "orange": (245, 135, 20),
+    "yellow": (240, 215, 35),
+    "green": (40, 165, 60),
+    "blue": (40, 80, 215),
+    "purple": (135, 50, 185),
+    "pink": (245, 125, 190),
 }
 SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "hexagon", "diamond")
 RADII = {"small": (12, 18), "large": (26, 40)}  # half the object's extent, in pixels
@@ -53,6 +58,7 @@ class Scene:
 
 def _outline(shape: str, x: float, y: float, r: float, angle: float) -> list[tuple[float, float]]:
     """Polygon of a shape centred at (x, y) with extent ``r`` (circle and heart: many points)."""
+
     def ring(count: int, radius: float | np.ndarray, start: float) -> list[tuple[float, float]]:
         t = start + np.arange(count) * 2 * np.pi / count
         return list(zip(x + radius * np.cos(t), y + radius * np.sin(t)))
@@ -85,7 +91,7 @@ def _outline(shape: str, x: float, y: float, r: float, angle: float) -> list[tup
 
 def _pattern(kind: str, radius: float, angle: float, shape: tuple[int, int], origin: tuple[float, float]) -> np.ndarray:
     """bool [H, W]: where the pattern's accent colour shows (nothing for plain)."""
-    y, x = np.mgrid[0: shape[0], 0: shape[1]].astype(np.float32)
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     x, y = x - origin[0], y - origin[1]
     period = max(4.0, radius / 2.2)
     if kind == "plain":
@@ -120,8 +126,10 @@ def _background(rng: np.random.Generator) -> Image.Image:
         colour = palette[int(rng.integers(len(palette)))]
         cx, cy = rng.uniform(0, SIZE, 2)
         r = rng.uniform(3, 7)
-        blob = [(cx + r * rng.uniform(0.6, 1.4) * np.cos(t), cy + r * rng.uniform(0.6, 1.4) * np.sin(t))
-                for t in np.linspace(0, 2 * np.pi, 7, endpoint=False)]
+        blob = [
+            (cx + r * rng.uniform(0.6, 1.4) * np.cos(t), cy + r * rng.uniform(0.6, 1.4) * np.sin(t))
+            for t in np.linspace(0, 2 * np.pi, 7, endpoint=False)
+        ]
         draw.polygon([(float(a), float(b)) for a, b in blob], fill=colour)
     return picture
 
@@ -146,9 +154,17 @@ def random_things(rng: np.random.Generator, count: int | None = None) -> list[Th
         where = _place(rng, radius, things)
         if where is None:
             continue
-        things.append(Thing(size, PATTERNS[int(rng.integers(len(PATTERNS)))],
-                            list(COLOURS)[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))],
-                            *where, radius, float(rng.uniform(0, np.pi))))
+        things.append(
+            Thing(
+                size,
+                PATTERNS[int(rng.integers(len(PATTERNS)))],
+                list(COLOURS)[int(rng.integers(len(COLOURS)))],
+                SHAPES[int(rng.integers(len(SHAPES)))],
+                *where,
+                radius,
+                float(rng.uniform(0, np.pi)),
+            )
+        )
     return things
 
 

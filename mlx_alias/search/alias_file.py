@@ -65,11 +65,19 @@ class Alias:
     lengths: tuple[LengthBest, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        out = {"category_id": self.category_id, "name": self.name, "tokens": list(self.tokens), "text": self.text,
-               "roundtrip": self.roundtrip, "train_score": self.train_score, "holdout_score": self.holdout_score,
-               "evaluations": self.evaluations, "split": None if self.split is None else dataclasses.asdict(self.split),
-               "curve": [list(point) for point in self.curve],
-               "lengths": [{**dataclasses.asdict(b), "tokens": list(b.tokens)} for b in self.lengths]}
+        out = {
+            "category_id": self.category_id,
+            "name": self.name,
+            "tokens": list(self.tokens),
+            "text": self.text,
+            "roundtrip": self.roundtrip,
+            "train_score": self.train_score,
+            "holdout_score": self.holdout_score,
+            "evaluations": self.evaluations,
+            "split": None if self.split is None else dataclasses.asdict(self.split),
+            "curve": [list(point) for point in self.curve],
+            "lengths": [{**dataclasses.asdict(b), "tokens": list(b.tokens)} for b in self.lengths],
+        }
         if self.baseline is not None:
             out["baseline"] = dataclasses.asdict(self.baseline)
         return out
@@ -79,13 +87,19 @@ class Alias:
         """An entry as ``to_json`` writes it; only ``category_id`` and ``tokens`` are required."""
         split, base = data.get("split"), data.get("baseline")
         return cls(
-            category_id=data["category_id"], tokens=tuple(data["tokens"]), name=data.get("name"),
-            text=data.get("text", ""), roundtrip=bool(data.get("roundtrip", False)),
-            train_score=data.get("train_score"), holdout_score=data.get("holdout_score"),
-            baseline=None if base is None else LabelScore(**base), evaluations=int(data.get("evaluations", 0)),
+            category_id=data["category_id"],
+            tokens=tuple(data["tokens"]),
+            name=data.get("name"),
+            text=data.get("text", ""),
+            roundtrip=bool(data.get("roundtrip", False)),
+            train_score=data.get("train_score"),
+            holdout_score=data.get("holdout_score"),
+            baseline=None if base is None else LabelScore(**base),
+            evaluations=int(data.get("evaluations", 0)),
             split=None if split is None else Split(**split),
             curve=tuple((int(e), float(s)) for e, s in data.get("curve", [])),
-            lengths=tuple(LengthBest(**{**b, "tokens": tuple(b["tokens"])}) for b in data.get("lengths", [])))
+            lengths=tuple(LengthBest(**{**b, "tokens": tuple(b["tokens"])}) for b in data.get("lengths", [])),
+        )
 
 
 @dataclass(frozen=True)
@@ -120,17 +134,28 @@ class SearchResult:
         raise ValueError(f"the results hold no alias for category {category_id}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": ALIASES_FORMAT, "weights": self.weights, "dataset": self.dataset,
-                "objective": dataclasses.asdict(self.objective), "holdout_fraction": self.holdout_fraction,
-                "seed": self.seed, "aliases": [a.to_json() for a in self.aliases],
-                "skipped": [dataclasses.asdict(s) for s in self.skipped]}
+        return {
+            "format": ALIASES_FORMAT,
+            "weights": self.weights,
+            "dataset": self.dataset,
+            "objective": dataclasses.asdict(self.objective),
+            "holdout_fraction": self.holdout_fraction,
+            "seed": self.seed,
+            "aliases": [a.to_json() for a in self.aliases],
+            "skipped": [dataclasses.asdict(s) for s in self.skipped],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SearchResult:
-        return cls(aliases=[Alias.from_json(a) for a in data["aliases"]],
-                   skipped=[Skipped(**s) for s in data.get("skipped", [])],
-                   objective=ObjectiveConfig(**data["objective"]), holdout_fraction=data["holdout_fraction"],
-                   seed=data["seed"], weights=data.get("weights", {}), dataset=data.get("dataset", {}))
+        return cls(
+            aliases=[Alias.from_json(a) for a in data["aliases"]],
+            skipped=[Skipped(**s) for s in data.get("skipped", [])],
+            objective=ObjectiveConfig(**data["objective"]),
+            holdout_fraction=data["holdout_fraction"],
+            seed=data["seed"],
+            weights=data.get("weights", {}),
+            dataset=data.get("dataset", {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -172,14 +197,17 @@ def load_alias_file(path: Path, tokenizer: Tokenizer) -> AliasFile:
     if not versioned and not isinstance(data, list):
         raise ValueError(f"the alias file {path} is not an mlx-alias alias file (no format {ALIASES_FORMAT!r})")
     entries = data.get("aliases") if versioned else data
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and "category_id" in e and "tokens" in e
-                                                for e in entries):
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and "category_id" in e and "tokens" in e for e in entries
+    ):
         raise ValueError(f"the alias file {path} is not a list of entries with category_id and tokens")
     for e in entries:
         try:
             tokenizer.from_content_ids(e["tokens"])
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"the alias of category {e['category_id']} in {path} does not fit the vocabulary: {exc}") from exc
+            raise ValueError(
+                f"the alias of category {e['category_id']} in {path} does not fit the vocabulary: {exc}"
+            ) from exc
     if not versioned:
         return AliasFile(path, SearchResult([Alias.from_json(e) for e in entries]), False)
     objective = data.get("objective")

@@ -38,7 +38,7 @@ def token_gradients(ctx: SearchContext, tokens: Tokens, table: mx.array) -> np.n
     ids = mx.array(ctx.tokenizer.from_content_ids(tokens))
     padding = padding_of(ids)
     grad = mx.grad(lambda e: ctx.surrogate(e, padding))(ctx.model.token_embeddings(ids))
-    return np.array(grad[0, 1: 1 + len(tokens)].astype(mx.float32) @ table.T)
+    return np.array(grad[0, 1 : 1 + len(tokens)].astype(mx.float32) @ table.T)
 
 
 def top_tokens(gradient: np.ndarray, allowed: np.ndarray, tokens: Tokens, k: int) -> np.ndarray:
@@ -139,8 +139,12 @@ class GcgPhase:
         return scored
 
     def state(self) -> dict[str, Any]:
-        return {"current": _pack(self.current), "steps": self.steps, "stale": self.stale,
-                "rng": self.rng.bit_generator.state}
+        return {
+            "current": _pack(self.current),
+            "steps": self.steps,
+            "stale": self.stale,
+            "rng": self.rng.bit_generator.state,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.current = _unpack(state["current"])
@@ -266,8 +270,13 @@ class EvolutionPhase:
         return scored
 
     def state(self) -> dict[str, Any]:
-        return {"population": [_pack(c) for c in self.population], "best": _pack(self._best),
-                "generations": self.generations, "stale": self.stale, "rng": self.rng.bit_generator.state}
+        return {
+            "population": [_pack(c) for c in self.population],
+            "best": _pack(self._best),
+            "generations": self.generations,
+            "stale": self.stale,
+            "rng": self.rng.bit_generator.state,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.population = [_unpack(c) for c in state["population"]]

@@ -93,7 +93,6 @@ class SearchConfig:
         return dataclasses.replace(self, phases=tuple(names), shares=tuple(PHASE_SHARES[n] / total for n in names))
 
 
-
 @dataclass
 class Progress:
     """Where a search stands after a step (sent to the progress callback)."""
@@ -141,12 +140,15 @@ def _random_starts(ctx: SearchContext, cfg: SearchConfig, first: list[tuple[int,
     left pays for (at least one), scored exactly."""
     pool = np.flatnonzero(ctx.allowed)
     affordable = max(1, (cfg.budget - ctx.scorer.evaluations) // ctx.scorer.images - len(first))
-    first = first + [tuple(int(t) for t in ctx.rng.choice(pool, ctx.length))
-                     for _ in range(min(cfg.random_starts, affordable))]
+    first = first + [
+        tuple(int(t) for t in ctx.rng.choice(pool, ctx.length)) for _ in range(min(cfg.random_starts, affordable))
+    ]
     return ctx.evaluate(first)
 
 
-def _calibration_prompts(cfg: SearchConfig, task: CategoryTask, allowed: np.ndarray, length: int) -> list[tuple[int, ...]]:
+def _calibration_prompts(
+    cfg: SearchConfig, task: CategoryTask, allowed: np.ndarray, length: int
+) -> list[tuple[int, ...]]:
     """Random aliases on which the surrogate's temperatures are scaled, from a generator of
     their own, so that a resumed search draws them, and scales, exactly as before."""
     draw = np.random.default_rng([cfg.seed, task.category.id, length, CALIBRATION_STREAM])
@@ -175,13 +177,25 @@ def _candidates(pairs: list) -> list[Candidate]:
     return [Candidate(tuple(int(t) for t in tokens), float(score)) for tokens, score in pairs]
 
 
-def _checkpoint(ctx: SearchContext, curve: list[tuple[int, float]], starts: list[Candidate] | None, at: RoundMark,
-                rng_before_phase: dict, phase_state: dict) -> dict:
+def _checkpoint(
+    ctx: SearchContext,
+    curve: list[tuple[int, float]],
+    starts: list[Candidate] | None,
+    at: RoundMark,
+    rng_before_phase: dict,
+    phase_state: dict,
+) -> dict:
     """The whole search state as JSON values and arrays (``state.save_state``)."""
-    return {"seen": [[list(t), s] for t, s in ctx.seen.items()], "bounds": [[list(t), b] for t, b in ctx.bounds.items()],
-            "evaluations": ctx.scorer.evaluations, "curve": [list(point) for point in curve],
-            "starts": None if starts is None else [[list(c.tokens), c.score] for c in starts],
-            "at": dataclasses.asdict(at), "rng_before_phase": rng_before_phase, "phase": phase_state}
+    return {
+        "seen": [[list(t), s] for t, s in ctx.seen.items()],
+        "bounds": [[list(t), b] for t, b in ctx.bounds.items()],
+        "evaluations": ctx.scorer.evaluations,
+        "curve": [list(point) for point in curve],
+        "starts": None if starts is None else [[list(c.tokens), c.score] for c in starts],
+        "at": dataclasses.asdict(at),
+        "rng_before_phase": rng_before_phase,
+        "phase": phase_state,
+    }
 
 
 def _resumed(saved: dict, ctx: SearchContext) -> tuple[list[tuple[int, float]], list[Candidate] | None, RoundMark]:
@@ -199,26 +213,42 @@ class CategorySearch:
     one state (the context's candidates, the curve, the round mark, the running phase), which
     is checkpointed whole after every phase step."""
 
-    def __init__(self, task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: SearchConfig, length: int,
-                 state_path: Path | None = None, report: Callable[[Progress], None] = lambda p: None):
+    def __init__(
+        self,
+        task: CategoryTask,
+        model: Sam3,
+        tokenizer: Tokenizer,
+        cfg: SearchConfig,
+        length: int,
+        state_path: Path | None = None,
+        report: Callable[[Progress], None] = lambda p: None,
+    ):
         self.task, self.cfg, self.length, self.state_path, self.report = task, cfg, length, state_path, report
         allowed = allowed_tokens(tokenizer, cfg.roundtrip_only)
         # each candidate's round trip is checked once, not at every ranking
         self.keep = functools.lru_cache(maxsize=None)(tokenizer.roundtrips) if cfg.roundtrip_only else (lambda t: True)
-        self.ctx = SearchContext(model, task.train, tokenizer, allowed, length,
-                                 np.random.default_rng([cfg.seed, task.category.id]))
+        self.ctx = SearchContext(
+            model, task.train, tokenizer, allowed, length, np.random.default_rng([cfg.seed, task.category.id])
+        )
         if SURROGATE_PHASES.intersection(cfg.phases):
-            self.ctx.objective = task.train.calibrated(ids_of(tokenizer, _calibration_prompts(cfg, task, allowed, length)))
+            self.ctx.objective = task.train.calibrated(
+                ids_of(tokenizer, _calibration_prompts(cfg, task, allowed, length))
+            )
         self.saved: dict | None = None  # a checkpoint not yet put back (its phase's state)
         self.curve: list[tuple[int, float]] = []
         self.starts: list[Candidate] | None = None
         self.at = RoundMark(0, 0, 0, 0, -np.inf)
 
     def _damaged(self, exc: Exception) -> StateError:
-        reason = str(exc) if isinstance(exc, StateError) else \
-            f"the checkpoint {self.state_path} cannot be read: it does not hold this search's state"
-        return StateError(f"{reason}; delete it to restart the {self.length}-token search of "
-                          f"{self.task.category.label} from its beginning")
+        reason = (
+            str(exc)
+            if isinstance(exc, StateError)
+            else f"the checkpoint {self.state_path} cannot be read: it does not hold this search's state"
+        )
+        return StateError(
+            f"{reason}; delete it to restart the {self.length}-token search of "
+            f"{self.task.category.label} from its beginning"
+        )
 
     def best(self) -> Candidate:
         return (_top(self.ctx.seen, 1, self.keep) or _top(self.ctx.seen, 1, lambda t: True))[0]
@@ -236,7 +266,9 @@ class CategorySearch:
         task.train.evaluations = 0  # the budget counts this length's evaluations only
         natural = tokenizer.encode(task.category.name) if task.category.name else []
         allowed = self.ctx.allowed
-        self.starts = _random_starts(self.ctx, self.cfg, [_fit(natural, self.length, allowed, self.ctx.rng)] if natural else [])
+        self.starts = _random_starts(
+            self.ctx, self.cfg, [_fit(natural, self.length, allowed, self.ctx.rng)] if natural else []
+        )
         self.curve = [(task.train.evaluations, max(c.score for c in self.starts))]
 
     def open_phase(self, name: str) -> tuple[object, dict]:
@@ -268,21 +300,31 @@ class CategorySearch:
             best = self.best()
             if self.curve[-1] != (task.train.evaluations, best.score):  # gradient steps spend nothing
                 self.curve.append((task.train.evaluations, best.score))
-            self.report(Progress(task.category.label, self.length, name, task.train.evaluations, cfg.budget, best.score))
+            self.report(
+                Progress(task.category.label, self.length, name, task.train.evaluations, cfg.budget, best.score)
+            )
             if self.state_path is not None:
-                save_state(self.state_path, _checkpoint(self.ctx, self.curve, self.starts, at, rng_before, phase.state()))
+                save_state(
+                    self.state_path, _checkpoint(self.ctx, self.curve, self.starts, at, rng_before, phase.state())
+                )
         return best
 
     def next_phase(self) -> None:
         """The next phase starts from this round's best, not from earlier rounds' basins."""
         self.at = dataclasses.replace(self.at, phase=self.at.phase + 1)
-        this_round = {t: self.ctx.seen[t] for t in list(self.ctx.seen)[self.at.seen:]}
+        this_round = {t: self.ctx.seen[t] for t in list(self.ctx.seen)[self.at.seen :]}
         self.starts = _top(this_round, max(self.cfg.evolution.population, 1), self.keep) or self.starts
 
     def close_round(self, best: Candidate) -> None:
         improved = best.score > self.at.best
-        self.at = RoundMark(self.at.round + 1, 0, self.task.train.evaluations, len(self.ctx.seen), best.score,
-                            0 if improved else self.at.stale + 1)
+        self.at = RoundMark(
+            self.at.round + 1,
+            0,
+            self.task.train.evaluations,
+            len(self.ctx.seen),
+            best.score,
+            0 if improved else self.at.stale + 1,
+        )
         self.starts = None
 
     def run(self) -> Outcome:
@@ -299,9 +341,15 @@ class CategorySearch:
         return Outcome(best, train.evaluations, self.curve, self.at.round, self.ctx.objective)
 
 
-def search_category(task: CategoryTask, model: Sam3, tokenizer: Tokenizer, cfg: SearchConfig, length: int,
-                    state_path: Path | None = None,
-                    report: Callable[[Progress], None] = lambda p: None) -> Outcome:
+def search_category(
+    task: CategoryTask,
+    model: Sam3,
+    tokenizer: Tokenizer,
+    cfg: SearchConfig,
+    length: int,
+    state_path: Path | None = None,
+    report: Callable[[Progress], None] = lambda p: None,
+) -> Outcome:
     """Run (or resume, if ``state_path`` holds a checkpoint) the search of one category for
     aliases of ``length`` tokens. A finished search's checkpoint gives back its outcome. A
     checkpoint that cannot be read raises ``StateError`` naming it and how to go on."""

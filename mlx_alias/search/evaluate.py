@@ -34,7 +34,9 @@ def check_aliases(aliases: AliasFile, dataset: Dataset) -> None:
     """Every alias's category is in the dataset."""
     for alias in aliases.result.aliases:
         if alias.category_id not in dataset.categories:
-            raise ValueError(f"the alias file {aliases.path} names category {alias.category_id}, which the dataset lacks")
+            raise ValueError(
+                f"the alias file {aliases.path} names category {alias.category_id}, which the dataset lacks"
+            )
 
 
 def split_images(split: Split, which: str) -> list[int]:
@@ -43,9 +45,18 @@ def split_images(split: Split, which: str) -> list[int]:
     return {"train": train, "holdout": held, "all": sorted(train + held)}[which]
 
 
-def evaluate(dataset: Dataset, tokenizer: Tokenizer, make_scorer: Callable[[int, list[int]], ExactScorer], *,
-             which: str, aliases: list[Alias] | None = None, prompts: list[str] | None = None,
-             categories: list[int] | None = None, holdout_fraction: float = 0.25, seed: int = 0) -> list[Row]:
+def evaluate(
+    dataset: Dataset,
+    tokenizer: Tokenizer,
+    make_scorer: Callable[[int, list[int]], ExactScorer],
+    *,
+    which: str,
+    aliases: list[Alias] | None = None,
+    prompts: list[str] | None = None,
+    categories: list[int] | None = None,
+    holdout_fraction: float = 0.25,
+    seed: int = 0,
+) -> list[Row]:
     """One row per (category, candidate): each alias with its category's natural label and
     the ``prompts``, on the alias entry's own split (as ``search`` records it); without
     aliases, every prompt on every chosen category, on the seeded split."""
@@ -78,6 +89,6 @@ def evaluate(dataset: Dataset, tokenizer: Tokenizer, make_scorer: Callable[[int,
         results = scorer.exact(np.concatenate([ids for _, ids in candidates]))
         for (text, ids), result in zip(candidates, results):
             row = ids[0].tolist()
-            tokens = row[1: row.index(tokenizer.eot_id)]
+            tokens = row[1 : row.index(tokenizer.eot_id)]
             rows.append(Row(category_id, text, tokens, which, result.score))
     return rows

@@ -76,8 +76,10 @@ def calibrate(config: ObjectiveConfig, scores: np.ndarray, mask_logits_median: f
     if mask_temperature is None:
         mask_temperature = mask_logits_median / MASK_LOGITS_PER_TEMPERATURE
     if not (temperature > 0 and mask_temperature > 0):  # constant outputs: no gradient to scale
-        raise ValueError(f"cannot scale the surrogate to outputs with score spread {np.std(scores):.3g} "
-                         f"and median |mask logit| {mask_logits_median:.3g}: give its temperatures")
+        raise ValueError(
+            f"cannot scale the surrogate to outputs with score spread {np.std(scores):.3g} "
+            f"and median |mask logit| {mask_logits_median:.3g}: give its temperatures"
+        )
     return replace(config, temperature=temperature, mask_temperature=mask_temperature)
 
 
@@ -143,8 +145,9 @@ def _greedy_match(iou: np.ndarray) -> list[tuple[int, int]]:
     return pairs
 
 
-def score_image(scores: np.ndarray, mask_logits: np.ndarray | None, target: MaskTarget,
-                config: ObjectiveConfig) -> ImageResult:
+def score_image(
+    scores: np.ndarray, mask_logits: np.ndarray | None, target: MaskTarget, config: ObjectiveConfig
+) -> ImageResult:
     """The exact per-image quality of one prompt: ``scores`` [Q], ``mask_logits`` [Q, h, w]
     (read only on a positive image with a prediction, so None is accepted elsewhere)."""
     chosen = np.flatnonzero(scores > config.threshold)
@@ -210,8 +213,15 @@ def greedy_matching(credit: mx.array) -> mx.array:
     return matched.reshape(credit.shape).astype(credit.dtype)
 
 
-def surrogate(scores: mx.array, mask_logits: mx.array, targets: mx.array, instance_valid: mx.array,
-              keep: mx.array, crowd: mx.array, config: ObjectiveConfig) -> mx.array:
+def surrogate(
+    scores: mx.array,
+    mask_logits: mx.array,
+    targets: mx.array,
+    instance_valid: mx.array,
+    keep: mx.array,
+    crowd: mx.array,
+    config: ObjectiveConfig,
+) -> mx.array:
     """Differentiable stand-in for the split score over B (prompt, image) pairs, to maximise.
 
     scores [B, Q] official scores; mask_logits [B, Q, h, w]; targets [B, N, h, w] float 0/1,

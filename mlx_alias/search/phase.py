@@ -64,8 +64,13 @@ class SearchContext:
         raced (``Scorer.race``), dropped once their bound shows they cannot pass, and left out of
         the result; a candidate dropped before under a bar as high costs nothing again. The
         result may include earlier exact scores at or below ``bar``."""
-        fresh = list(dict.fromkeys(c for c in candidates if c not in self.seen
-                                   and not (bar is not None and self.bounds.get(c, np.inf) <= bar)))
+        fresh = list(
+            dict.fromkeys(
+                c
+                for c in candidates
+                if c not in self.seen and not (bar is not None and self.bounds.get(c, np.inf) <= bar)
+            )
+        )
         if fresh:
             ids = ids_of(self.tokenizer, fresh)
             results = self.scorer.exact(ids) if bar is None else self.scorer.race(ids, bar)

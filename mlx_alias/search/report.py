@@ -37,12 +37,15 @@ def curve_png(curve: list[tuple[int, float]], path: Path) -> None:
     span_x = max(xs.max() - xs.min(), 1.0)
 
     def point(x: float, y: float) -> tuple[float, float]:
-        return (pad + (x - xs.min()) / span_x * (width - 2 * pad),
-                height - pad - (y - low) / (high - low) * (height - 2 * pad))
+        return (
+            pad + (x - xs.min()) / span_x * (width - 2 * pad),
+            height - pad - (y - low) / (high - low) * (height - 2 * pad),
+        )
 
     draw.rectangle((pad, pad, width - pad, height - pad), outline="gray")
-    draw.line([point(x, y) for x, y in zip(xs, ys)] if len(xs) > 1 else [point(xs[0], ys[0])] * 2,
-              fill=(0, 90, 200), width=2)
+    draw.line(
+        [point(x, y) for x, y in zip(xs, ys)] if len(xs) > 1 else [point(xs[0], ys[0])] * 2, fill=(0, 90, 200), width=2
+    )
     draw.text((pad, height - pad + 6), f"{int(xs.min())}", fill="black")
     draw.text((width - pad - 40, height - pad + 6), f"{int(xs.max())} evaluations", fill="black")
     draw.text((4, pad - 4), f"{high:.2f}", fill="black")
@@ -90,8 +93,9 @@ def _score(value: float | None) -> str:
 def markdown_text(text: str) -> str:
     """Text as it can stand in a markdown table: control and format characters written as JSON
     escapes (a raw carriage return breaks the table), markdown's own characters backslashed."""
-    visible = "".join(json.dumps(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
-                      for ch in text)
+    visible = "".join(
+        json.dumps(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text
+    )
     return re.sub(r"([\\`*_{}\[\]<>()#+\-.!|~])", r"\\\1", visible)
 
 
@@ -114,14 +118,18 @@ def _label(category_id: int, name: str | None) -> str:
 
 def _summary(result: SearchResult) -> list[str]:
     """One row per category: the label and its holdout score, the alias and its scores, how to apply."""
-    lines = ["| category | label | label holdout | alias | tokens | re-tokenizes | alias train | alias holdout |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| category | label | label holdout | alias | tokens | re-tokenizes | alias train | alias holdout |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for a in result.aliases:
         base = a.baseline
-        lines.append(f"| [{a.category_id}](#category-{a.category_id}) | {markdown_text(a.name or '')} | "
-                     f"{_score(base.holdout_score) if base else ''} | \"{markdown_text(a.text)}\" | "
-                     f"{','.join(map(str, a.tokens))} | {'yes' if a.roundtrip else 'no: by tokens'} | "
-                     f"{_score(a.train_score)} | {_score(a.holdout_score)} |")
+        lines.append(
+            f"| [{a.category_id}](#category-{a.category_id}) | {markdown_text(a.name or '')} | "
+            f'{_score(base.holdout_score) if base else ""} | "{markdown_text(a.text)}" | '
+            f"{','.join(map(str, a.tokens))} | {'yes' if a.roundtrip else 'no: by tokens'} | "
+            f"{_score(a.train_score)} | {_score(a.holdout_score)} |"
+        )
     return lines
 
 
@@ -130,33 +138,54 @@ def write_report(model: Sam3, dataset: Dataset, result: SearchResult, run_dir: P
     threshold = result.objective.threshold
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
-    lines = ["# Alias search report", "",
-             f"Dataset {markdown_text(result.dataset.get('path', ''))}; objective threshold {threshold} (the "
-             "IoU-weighted F-score on positive images minus half the false-positive rate on negatives). Apply an "
-             "alias by its tokens: `mlx-alias segment --weights WEIGHTS --image IMAGE --aliases aliases.json "
-             "--category ID`.", "", *_summary(result), ""]
+    lines = [
+        "# Alias search report",
+        "",
+        f"Dataset {markdown_text(result.dataset.get('path', ''))}; objective threshold {threshold} (the "
+        "IoU-weighted F-score on positive images minus half the false-positive rate on negatives). Apply an "
+        "alias by its tokens: `mlx-alias segment --weights WEIGHTS --image IMAGE --aliases aliases.json "
+        "--category ID`.",
+        "",
+        *_summary(result),
+        "",
+    ]
     if any("\ufffd" in a.text for a in result.aliases):
         lines += ["In alias texts, \ufffd stands for token bytes that are not a whole UTF-8 character.", ""]
     for alias in result.aliases:
         cid = alias.category_id
         curve = figures / f"category-{cid}-curve.png"
         curve_png(list(alias.curve), curve)
-        lines += [f'<a id="category-{cid}"></a>', "", f"## {_label(cid, alias.name)}", "",
-                  "| prompt | tokens | re-tokenizes | train | holdout |", "|---|---|---|---|---|",
-                  f"| alias \"{markdown_text(alias.text)}\" | {list(alias.tokens)} | {'yes' if alias.roundtrip else 'no'} | "
-                  f"{_score(alias.train_score)} | {_score(alias.holdout_score)} |"]
+        lines += [
+            f'<a id="category-{cid}"></a>',
+            "",
+            f"## {_label(cid, alias.name)}",
+            "",
+            "| prompt | tokens | re-tokenizes | train | holdout |",
+            "|---|---|---|---|---|",
+            f'| alias "{markdown_text(alias.text)}" | {list(alias.tokens)} | {"yes" if alias.roundtrip else "no"} | '
+            f"{_score(alias.train_score)} | {_score(alias.holdout_score)} |",
+        ]
         if len(alias.lengths) > 1:  # the best alias of each searched length
-            lines += [f"| {b.length}-token best \"{markdown_text(b.text)}\" | {list(b.tokens)} | | "
-                      f"{_score(b.train_score)} | |" for b in alias.lengths]
+            lines += [
+                f'| {b.length}-token best "{markdown_text(b.text)}" | {list(b.tokens)} | | {_score(b.train_score)} | |'
+                for b in alias.lengths
+            ]
         if alias.baseline:
             base = alias.baseline
-            lines.append(f"| natural label \"{markdown_text(base.text)}\" | | | {_score(base.train_score)} | "
-                         f"{_score(base.holdout_score)} |")
+            lines.append(
+                f'| natural label "{markdown_text(base.text)}" | | | {_score(base.train_score)} | '
+                f"{_score(base.holdout_score)} |"
+            )
         lines += ["", apply_hint(alias)]
         if warning := caution(alias.split):
             lines += ["", f"Caution: {warning}."]
-        lines += ["", f"{alias.evaluations} evaluations. Best training score over the search:", "",
-                  f"![curve]({curve.relative_to(run_dir)})", ""]
+        lines += [
+            "",
+            f"{alias.evaluations} evaluations. Best training score over the search:",
+            "",
+            f"![curve]({curve.relative_to(run_dir)})",
+            "",
+        ]
         panels = "ground truth | natural label | alias" if alias.name else "ground truth | alias"
         for path in overlays(model, dataset, alias, threshold, figures):
             lines += [f"Holdout image ({panels}):", "", f"![overlay]({path.relative_to(run_dir)})", ""]

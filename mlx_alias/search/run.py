@@ -34,6 +34,7 @@ from .task import category_task
 
 log = logging.getLogger(__name__)
 
+
 def choose_categories(dataset: Dataset, categories: list[int] | None) -> tuple[list[int], list[Skipped]]:
     """(the categories to search, those skipped with the reason). Named categories must each
     have an instance to learn from (repeats are searched once); of all categories, those with
@@ -50,14 +51,21 @@ def choose_categories(dataset: Dataset, categories: list[int] | None) -> tuple[l
             dataset.check_category(category_id)
             chosen.append(category_id)
         except DatasetError:
-            skipped.append(Skipped(category_id, dataset.categories[category_id].name,
-                                   "it has no instances to learn from (no annotations, or only crowd regions)"))
+            skipped.append(
+                Skipped(
+                    category_id,
+                    dataset.categories[category_id].name,
+                    "it has no instances to learn from (no annotations, or only crowd regions)",
+                )
+            )
     if not chosen:
         raise RunError("no category of the dataset has an instance to learn from")
     return chosen, skipped
 
 
-def _with_batch(cfg: SearchConfig, model: Sam3, cache: FeatureCache, dataset: Dataset, recorded: dict | None) -> SearchConfig:
+def _with_batch(
+    cfg: SearchConfig, model: Sam3, cache: FeatureCache, dataset: Dataset, recorded: dict | None
+) -> SearchConfig:
     """``pairs_per_batch`` 0 means as many pairs as fit in free memory: measured on the dataset's
     first image, or, on resume, the number the run started with (racing's rounds follow the
     batch, so the same number keeps a resumed search on its course)."""
@@ -94,7 +102,9 @@ def _finished(document: dict | None, path: Path) -> list[Alias]:
             raise ValueError
         return SearchResult.from_json(document).aliases
     except (AttributeError, KeyError, TypeError, ValueError):
-        raise RunError(f"{path} is not this run's alias file; remove it to redo the run's finished categories") from None
+        raise RunError(
+            f"{path} is not this run's alias file; remove it to redo the run's finished categories"
+        ) from None
 
 
 def _alias(task, outcomes, tokenizer) -> Alias:
@@ -103,27 +113,53 @@ def _alias(task, outcomes, tokenizer) -> Alias:
     baseline = None
     if task.category.name:
         name = task.category.name
-        baseline = LabelScore(name, score_texts(task.train, tokenizer, [name])[0],
-                              score_texts(task.holdout, tokenizer, [name])[0] if task.holdout else None)
+        baseline = LabelScore(
+            name,
+            score_texts(task.train, tokenizer, [name])[0],
+            score_texts(task.holdout, tokenizer, [name])[0] if task.holdout else None,
+        )
     return Alias(
-        category_id=task.category.id, tokens=best.tokens, name=task.category.name, text=tokenizer.decode(best.tokens),
-        roundtrip=tokenizer.roundtrips(best.tokens), train_score=best.score,
+        category_id=task.category.id,
+        tokens=best.tokens,
+        name=task.category.name,
+        text=tokenizer.decode(best.tokens),
+        roundtrip=tokenizer.roundtrips(best.tokens),
+        train_score=best.score,
         holdout_score=task.holdout.exact(ids_of(tokenizer, [best.tokens]))[0].score if task.holdout else None,
-        baseline=baseline, evaluations=sum(o.evaluations for o in outcomes), split=task.split,
+        baseline=baseline,
+        evaluations=sum(o.evaluations for o in outcomes),
+        split=task.split,
         curve=tuple(_joined_curve([o.curve for o in outcomes])),
-        lengths=tuple(LengthBest(len(o.best.tokens), o.best.tokens, tokenizer.decode(o.best.tokens), o.best.score,
-                                 o.evaluations, None if o.surrogate is None else
-                                 {"score": o.surrogate.temperature, "mask": o.surrogate.mask_temperature})
-                      for o in outcomes))
+        lengths=tuple(
+            LengthBest(
+                len(o.best.tokens),
+                o.best.tokens,
+                tokenizer.decode(o.best.tokens),
+                o.best.score,
+                o.evaluations,
+                None
+                if o.surrogate is None
+                else {"score": o.surrogate.temperature, "mask": o.surrogate.mask_temperature},
+            )
+            for o in outcomes
+        ),
+    )
 
 
 def _numbered(report: Callable[[Progress], None], number: int, count: int, progress: Progress) -> None:
     report(dataclasses.replace(progress, number=number, count=count))
 
 
-def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path, cfg: SearchConfig,
-               categories: list[int] | None = None, resume: bool = False,
-               report: Callable[[Progress], None] = lambda p: None) -> SearchResult:
+def run_search(
+    model: Sam3,
+    cache: FeatureCache,
+    dataset: Dataset,
+    run_dir: Path,
+    cfg: SearchConfig,
+    categories: list[int] | None = None,
+    resume: bool = False,
+    report: Callable[[Progress], None] = lambda p: None,
+) -> SearchResult:
     """Search each category (all that have instances when ``categories`` is None) into
     ``run_dir``, or resume the run there; returns what ``aliases.json`` holds. Messages go to the
     ``mlx_alias`` logger; ``report`` receives every search step's ``Progress``."""
@@ -137,29 +173,43 @@ def run_search(model: Sam3, cache: FeatureCache, dataset: Dataset, run_dir: Path
         if resume and recorded is None:
             raise RunError(f"{run_dir} holds no run to resume (run.json is missing)")
         cfg = _with_batch(cfg, model, cache, dataset, recorded)
-        settings = {"search": json.loads(json.dumps(dataclasses.asdict(cfg))), "categories": chosen,
-                    "weights": {"sha256": cache.fingerprint, "path": recorded_path(cache.weights_dir, run_dir)},
-                    "dataset": {"path": recorded_path(dataset.annotation_file, run_dir), **data_print.summary()}}
+        settings = {
+            "search": json.loads(json.dumps(dataclasses.asdict(cfg))),
+            "categories": chosen,
+            "weights": {"sha256": cache.fingerprint, "path": recorded_path(cache.weights_dir, run_dir)},
+            "dataset": {"path": recorded_path(dataset.annotation_file, run_dir), **data_print.summary()},
+        }
         if resume:
             entries = _finished(folder.resume(settings, data_print), run_dir / ALIASES)
         else:
             folder.start(settings, data_print)
             entries = []
         finished = {a.category_id for a in entries}
-        result = SearchResult(entries, skipped, cfg.objective, cfg.holdout_fraction, cfg.seed, settings["weights"],
-                              settings["dataset"])
+        result = SearchResult(
+            entries, skipped, cfg.objective, cfg.holdout_fraction, cfg.seed, settings["weights"], settings["dataset"]
+        )
         for number, category_id in enumerate(chosen, start=1):
             if category_id in finished:
                 continue
-            task = category_task(model, cache, dataset, category_id, holdout_fraction=cfg.holdout_fraction,
-                                 seed=cfg.seed, config=cfg.objective, pairs_per_batch=cfg.pairs_per_batch)
+            task = category_task(
+                model,
+                cache,
+                dataset,
+                category_id,
+                holdout_fraction=cfg.holdout_fraction,
+                seed=cfg.seed,
+                config=cfg.objective,
+                pairs_per_batch=cfg.pairs_per_batch,
+            )
             log.info("%s (%d of %d): %s", task.category.label, number, len(chosen), describe(task.split))
             if warning := caution(task.split):
                 log.warning("%s: %s", task.category.label, warning)
             states = [run_dir / STATE / f"{category_id}-{length}.safetensors" for length in cfg.lengths]
             step = functools.partial(_numbered, report, number, len(chosen))
-            outcomes = [search_category(task, model, tokenizer, cfg, length, state, step)
-                        for length, state in zip(cfg.lengths, states)]
+            outcomes = [
+                search_category(task, model, tokenizer, cfg, length, state, step)
+                for length, state in zip(cfg.lengths, states)
+            ]
             result.aliases.append(_alias(task, outcomes, tokenizer))
             write_json(run_dir / ALIASES, result.to_json())
             for state in states:

@@ -85,8 +85,9 @@ def _lock(path: Path) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RunError(f"{path.parent} is in use by another mlx-alias process (pid {holder}); "
-                           "wait for it to end or stop it") from None
+            raise RunError(
+                f"{path.parent} is in use by another mlx-alias process (pid {holder}); wait for it to end or stop it"
+            ) from None
         try:
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 os.ftruncate(fd, 0)
@@ -133,22 +134,29 @@ class RunFolder:
         if before is None:
             raise RunError(f"{self.path} holds no run to resume ({RUN} is missing)")
         if before.get("format") != RUN_FORMAT:
-            raise RunError(f"{self.path} holds a run written by another version of mlx-alias "
-                           f"(format {before.get('format')!r}, this one reads {RUN_FORMAT!r}); start a new run")
+            raise RunError(
+                f"{self.path} holds a run written by another version of mlx-alias "
+                f"(format {before.get('format')!r}, this one reads {RUN_FORMAT!r}); start a new run"
+            )
         found = differences(_compared(before), _compared({"format": RUN_FORMAT, **settings}))
         if any(f.startswith("weights.") for f in found):
             found = [f for f in found if not f.startswith("weights.")]
-            found.append(f"the weights differ (sha256 {before.get('weights', {}).get('sha256', '?')[:12]}... then, "
-                         f"{settings['weights']['sha256'][:12]}... now)")
+            found.append(
+                f"the weights differ (sha256 {before.get('weights', {}).get('sha256', '?')[:12]}... then, "
+                f"{settings['weights']['sha256'][:12]}... now)"
+            )
         if any(f.startswith("dataset.") for f in found):
             found = [f for f in found if not f.startswith("dataset.")]
             recorded = read_json(self.path / DATASET, "the run cannot be resumed; start a new one")
-            changed = dataset.differences(DatasetFingerprint(recorded.get("annotations_sha256", ""),
-                                                             recorded.get("images", {})))
+            changed = dataset.differences(
+                DatasetFingerprint(recorded.get("annotations_sha256", ""), recorded.get("images", {}))
+            )
             found.append(f"the dataset differs: {', '.join(changed) or 'its digests do'}")
         if found:
-            raise RunError(f"{self.path} was started with other settings, weights or data, so it cannot be "
-                           f"resumed with these: {'; '.join(found)}")
+            raise RunError(
+                f"{self.path} was started with other settings, weights or data, so it cannot be "
+                f"resumed with these: {'; '.join(found)}"
+            )
         aliases = self.path / ALIASES
         return read_json(aliases, "remove it to redo the run's finished categories") if aliases.is_file() else None
 

@@ -89,9 +89,11 @@ class ExactScorer:
         """Per-image results of (candidate, image) pairs, grounded ``pairs_per_batch`` at a time."""
         results = []
         for start in range(0, len(pairs), self.pairs_per_batch):
-            chunk = pairs[start: start + self.pairs_per_batch]
+            chunk = pairs[start : start + self.pairs_per_batch]
             scores, masks = self._ground(text, [c for c, _ in chunk], [i for _, i in chunk])
-            results += [score_image(scores[k], masks[k], self.targets[i], self.config) for k, (_, i) in enumerate(chunk)]
+            results += [
+                score_image(scores[k], masks[k], self.targets[i], self.config) for k, (_, i) in enumerate(chunk)
+            ]
         self.evaluations += len(pairs)
         return results
 
@@ -109,7 +111,9 @@ class ExactScorer:
         every image not yet scored perfect (quality 1 on a positive, no prediction on a negative)."""
         positives = [i for i, t in enumerate(self.targets) if t.masks.shape[0] > 0]
         negatives = self.images - len(positives)
-        quality = sum(results[i].quality if i in results else 1.0 for i in positives) / len(positives) if positives else 0.0
+        quality = (
+            sum(results[i].quality if i in results else 1.0 for i in positives) / len(positives) if positives else 0.0
+        )
         false_positives = sum(r.predicted > 0 for r in results.values() if r.instances == 0)
         return quality - self.config.negative_penalty * false_positives / max(negatives, 1)
 
@@ -125,7 +129,7 @@ class ExactScorer:
         outcome: list[SplitScore | Pruned | None] = [None] * len(ids)
         alive, done = list(range(len(ids))), 0
         while alive:
-            images = order[done: done + max(1, -(-self.pairs_per_batch // len(alive)))]
+            images = order[done : done + max(1, -(-self.pairs_per_batch // len(alive)))]
             pairs = [(c, i) for c in alive for i in images]
             for (c, i), result in zip(pairs, self._score_pairs(text, pairs)):
                 results[c][i] = result
@@ -154,8 +158,15 @@ class Scorer(ExactScorer):
     """Scores prompts against fixed images (``features``, one per target) with one objective,
     in MLX; also the differentiable surrogate for the gradient phases."""
 
-    def __init__(self, model: Sam3, features: ImageFeatures, targets: list[MaskTarget],
-                 config: ObjectiveConfig = ObjectiveConfig(), pairs_per_batch: int = 8, prepare: bool = True):
+    def __init__(
+        self,
+        model: Sam3,
+        features: ImageFeatures,
+        targets: list[MaskTarget],
+        config: ObjectiveConfig = ObjectiveConfig(),
+        pairs_per_batch: int = 8,
+        prepare: bool = True,
+    ):
         """``prepare``: compute grounding's prompt-free parts once per image (``Sam3.prepare``)
         now; without it every grounding call computes what it needs of them."""
         if features.levels[0].shape[0] != len(targets):
@@ -171,10 +182,13 @@ class Scorer(ExactScorer):
     def _encode(self, ids: np.ndarray) -> TextFeatures:
         return encode_candidates(self.model, ids)
 
-    def _ground(self, text: TextFeatures, candidates: list[int], images: list[int]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    def _ground(
+        self, text: TextFeatures, candidates: list[int], images: list[int]
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
         which = mx.array(candidates)
-        detection = self.model.detect(self.features, TextFeatures(text.memory[which], text.padding[which]),
-                                      mx.array(images))
+        detection = self.model.detect(
+            self.features, TextFeatures(text.memory[which], text.padding[which]), mx.array(images)
+        )
         scores = np.array(detection.scores.astype(mx.float32))
         # The segmentation head (about a third of grounding's work) runs only where it counts.
         needed = [k for k, image in enumerate(images) if self.needs_masks(scores[k], image)]
@@ -198,9 +212,15 @@ class Scorer(ExactScorer):
         score over all images, differentiable with respect to ``embeddings``; under ``config``
         (our own by default), whose temperatures must be set."""
         grounded = self._ground_everywhere(self.model.encode_text_embeddings(embeddings, padding))
-        return surrogate(grounded.scores.astype(mx.float32), grounded.masks.astype(mx.float32),
-                         self.dense.masks, self.dense.valid, self.dense.keep, self.dense.crowd,
-                         config or self.config)
+        return surrogate(
+            grounded.scores.astype(mx.float32),
+            grounded.masks.astype(mx.float32),
+            self.dense.masks,
+            self.dense.valid,
+            self.dense.keep,
+            self.dense.crowd,
+            config or self.config,
+        )
 
     def calibrated(self, ids: np.ndarray) -> ObjectiveConfig:
         """Our objective with the surrogate temperatures it leaves unset scaled (``calibrate``)
@@ -211,7 +231,7 @@ class Scorer(ExactScorer):
         text = self._encode(ids)
         scores, medians = [], []
         for row in range(len(ids)):
-            grounded = self._ground_everywhere(TextFeatures(text.memory[row: row + 1], text.padding[row: row + 1]))
+            grounded = self._ground_everywhere(TextFeatures(text.memory[row : row + 1], text.padding[row : row + 1]))
             scores.append(np.array(grounded.scores.astype(mx.float32)))
             medians.append(float(np.median(np.abs(np.array(grounded.masks.astype(mx.float32))))))
         return calibrate(self.config, np.stack(scores), float(np.median(medians)))

@@ -55,8 +55,9 @@ class SoftConfig:
     span_energy: float = 0.999
 
 
-def adam(x: mx.array, grad: mx.array, m: mx.array, v: mx.array, t: int, lr: float,
-         betas: tuple[float, float], eps: float) -> tuple[mx.array, mx.array, mx.array]:
+def adam(
+    x: mx.array, grad: mx.array, m: mx.array, v: mx.array, t: int, lr: float, betas: tuple[float, float], eps: float
+) -> tuple[mx.array, mx.array, mx.array]:
     """One Adam step descending ``grad`` at step ``t`` (from 1): new (x, m, v)."""
     b1, b2 = betas
     m = b1 * m + (1 - b1) * grad
@@ -112,8 +113,9 @@ class SoftPromptPhase:
         self.rng = np.random.default_rng(int(ctx.rng.integers(2**63)))
         chosen = starts[: config.starts] if config.init == "tokens" else []
         pool = np.flatnonzero(ctx.allowed)
-        ids = [c.tokens for c in chosen] + [tuple(self.rng.choice(pool, ctx.length))
-                                            for _ in range(config.starts - len(chosen))]
+        ids = [c.tokens for c in chosen] + [
+            tuple(self.rng.choice(pool, ctx.length)) for _ in range(config.starts - len(chosen))
+        ]
         self.vectors = mx.stack([self._embed(t) for t in ids])  # [starts, length, width] float32
         self.m, self.v = mx.zeros_like(self.vectors), mx.zeros_like(self.vectors)
         self.taken = 0  # gradient steps so far
@@ -125,10 +127,14 @@ class SoftPromptPhase:
         self.step_size = config.learning_rate * float(mx.sqrt(mx.mean(mx.square(table.astype(mx.float32)))))
 
         tok, n = ctx.tokenizer, ctx.length
-        frame = ctx.model.token_embeddings(mx.array([[tok.sot_id, *[tok.pad_id] * n, tok.eot_id]
-                                                     + [tok.pad_id] * (CONTEXT_LENGTH - n - 2)]))
-        self._frame = {"head": frame[:, :1], "tail": frame[:, n + 1:],  # start; end and padding
-                       "padding": mx.array(np.arange(CONTEXT_LENGTH) > n + 1)[None]}  # True after the end token
+        frame = ctx.model.token_embeddings(
+            mx.array([[tok.sot_id, *[tok.pad_id] * n, tok.eot_id] + [tok.pad_id] * (CONTEXT_LENGTH - n - 2)])
+        )
+        self._frame = {
+            "head": frame[:, :1],
+            "tail": frame[:, n + 1 :],  # start; end and padding
+            "padding": mx.array(np.arange(CONTEXT_LENGTH) > n + 1)[None],
+        }  # True after the end token
         self._loss_and_grad = CompiledGradient(self._loss, self._compiled_state)
 
     def _embed(self, ids: tuple[int, ...] | np.ndarray) -> mx.array:
@@ -171,7 +177,9 @@ class SoftPromptPhase:
         if self.done:
             return []
         cfg, active = self.config, self.active()
-        points = mx.stack([self._embed(t) for t in self.projections(active)]) if cfg.pez else self.vectors[mx.array(active)]
+        points = (
+            mx.stack([self._embed(t) for t in self.projections(active)]) if cfg.pez else self.vectors[mx.array(active)]
+        )
         losses, grads = zip(*(self._loss_and_grad(point) for point in points))
         gradient = mx.zeros_like(self.vectors)
         gradient[mx.array(active)] = mx.stack(grads)
@@ -181,7 +189,9 @@ class SoftPromptPhase:
             moved = (moved[0] @ self.span, *moved[1:])
         # a stopped soft prompt stays where it stopped (Adam's momentum would carry it on)
         moving = mx.array(np.isin(np.arange(cfg.starts), active))[:, None, None]
-        self.vectors, self.m, self.v = (mx.where(moving, new, old) for new, old in zip(moved, (self.vectors, self.m, self.v)))
+        self.vectors, self.m, self.v = (
+            mx.where(moving, new, old) for new, old in zip(moved, (self.vectors, self.m, self.v))
+        )
         mx.eval(self.vectors, self.m, self.v)
         self.value = -min(float(loss) for loss in losses)
         if self.taken % cfg.evaluate_every and self.taken < cfg.steps:
@@ -200,16 +210,24 @@ class SoftPromptPhase:
         return list(scored.values())
 
     def state(self) -> dict[str, Any]:
-        return {"vectors": np.array(self.vectors), "m": np.array(self.m), "v": np.array(self.v),
-                "taken": self.taken, "stale": list(self.stale), "value": self.value,
-                "bests": [None if c is None else {"tokens": list(c.tokens), "score": c.score} for c in self.bests],
-                "rng": self.rng.bit_generator.state}
+        return {
+            "vectors": np.array(self.vectors),
+            "m": np.array(self.m),
+            "v": np.array(self.v),
+            "taken": self.taken,
+            "stale": list(self.stale),
+            "value": self.value,
+            "bests": [None if c is None else {"tokens": list(c.tokens), "score": c.score} for c in self.bests],
+            "rng": self.rng.bit_generator.state,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         if state["vectors"].shape != tuple(self.vectors.shape):
             raise ValueError(f"saved soft prompts are {state['vectors'].shape}, expected {tuple(self.vectors.shape)}")
         self.vectors, self.m, self.v = (mx.array(state[k], dtype=mx.float32) for k in ("vectors", "m", "v"))
         self.taken, self.stale, self.value = int(state["taken"]), [int(s) for s in state["stale"]], state["value"]
-        self.bests = [None if c is None else Candidate(tuple(int(i) for i in c["tokens"]), float(c["score"]))
-                      for c in state["bests"]]
+        self.bests = [
+            None if c is None else Candidate(tuple(int(i) for i in c["tokens"]), float(c["score"]))
+            for c in state["bests"]
+        ]
         self.rng.bit_generator.state = state["rng"]

@@ -73,7 +73,7 @@ def _metadata(data: bytes) -> dict:
     (size,) = struct.unpack("<Q", data[:8])
     if size > len(data) - 8:
         raise _Unreadable("it is not a whole safetensors file (truncated, or another kind of file)")
-    header = json.loads(data[8: 8 + size])
+    header = json.loads(data[8 : 8 + size])
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict):
         raise _Unreadable("it carries no search state")

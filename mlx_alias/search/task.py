@@ -22,8 +22,15 @@ class CategoryTask:
     holdout: Scorer | None  # None when the holdout fraction is 0
 
 
-def scorer_for(model: Sam3, cache: FeatureCache, dataset: Dataset, category_id: int, image_ids: list[int],
-               config: ObjectiveConfig, pairs_per_batch: int) -> Scorer:
+def scorer_for(
+    model: Sam3,
+    cache: FeatureCache,
+    dataset: Dataset,
+    category_id: int,
+    image_ids: list[int],
+    config: ObjectiveConfig,
+    pairs_per_batch: int,
+) -> Scorer:
     features = cache.get([dataset.images[i].path for i in image_ids])
     size = features.levels[0].shape[1]
     targets = []
@@ -33,12 +40,21 @@ def scorer_for(model: Sam3, cache: FeatureCache, dataset: Dataset, category_id: 
     return Scorer(model, features, targets, config, pairs_per_batch)
 
 
-def category_task(model: Sam3, cache: FeatureCache, dataset: Dataset, category_id: int, *,
-                  holdout_fraction: float, seed: int, config: ObjectiveConfig = ObjectiveConfig(),
-                  pairs_per_batch: int = 8) -> CategoryTask:
+def category_task(
+    model: Sam3,
+    cache: FeatureCache,
+    dataset: Dataset,
+    category_id: int,
+    *,
+    holdout_fraction: float,
+    seed: int,
+    config: ObjectiveConfig = ObjectiveConfig(),
+    pairs_per_batch: int = 8,
+) -> CategoryTask:
     split = split_category(dataset, category_id, holdout_fraction, seed)
-    train = scorer_for(model, cache, dataset, category_id, split.train_positives + split.train_negatives,
-                       config, pairs_per_batch)
+    train = scorer_for(
+        model, cache, dataset, category_id, split.train_positives + split.train_negatives, config, pairs_per_batch
+    )
     held = split.holdout_positives + split.holdout_negatives
     holdout = scorer_for(model, cache, dataset, category_id, held, config, pairs_per_batch) if held else None
     return CategoryTask(dataset.categories[category_id], split, train, holdout)
