@@ -24,7 +24,7 @@ from mlx_alias.tokenizer import load_tokenizer
 
 PROMPTS = ["a photo of a cat", "zebra", "striped traffic cone near the curb", "", "red car"]
 
-# Issue 3's fp32 bounds: relative L2 <= 1e-4 per output; gradient cosine >= 0.9999, rel <= 1e-3.
+# fp32 bounds: relative L2 <= 1e-4 per output; gradient cosine >= 0.9999, rel <= 1e-3 (docs/parity.md).
 TOLERANCES = {
     ("image", "image_features_rel_err"): 1e-4,
     ("text", "text_features_rel_err"): 1e-4,

@@ -182,7 +182,7 @@ def run(
                 tokenizer,
                 cfg,
                 len(hidden.content),
-                report=lambda p: timeline.append((time.perf_counter() - start, p.best)),
+                on_step=lambda p: timeline.append((time.perf_counter() - start, p.best)),
             )
             seconds = time.perf_counter() - start
             reached = first_reaching(timeline, 0.9 * planted_train)

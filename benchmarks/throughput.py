@@ -310,7 +310,7 @@ def measure_torch(
         e = embeddings.detach().clone().requires_grad_(True)
         with autocast():
             text = runners.text_features_from_embeddings(reference, e, padding)
-            text = runners.TextFeatures(text.memory.expand(images, -1, -1), text.padding.expand(images, -1))
+            text = runners.ReferenceText(text.memory.expand(images, -1, -1), text.padding.expand(images, -1))
             grounded = runners.ground(reference, scorer.features, text, torch.arange(images))
             value = torch_surrogate(
                 grounded["scores"].float(), grounded["pred_masks"].float(), masks, valid, keep, crowd, config

@@ -17,7 +17,7 @@ import numpy as np
 from mlx_alias.config import ModelConfig
 from mlx_alias.files import atomic_directory, check_target
 from mlx_alias.model.weights import CONFIG, WEIGHTS
-from mlx_alias.progress import progress
+from mlx_alias.progress import tracked
 from mlx_alias.tokenizer import DEFAULT_VOCAB
 
 from .keymap import expected_sam3_keys, hf_keys_of, match_sam3
@@ -125,7 +125,7 @@ def convert(source: Path, out_dir: Path, dtype: str = "float32", *, overwrite: b
     arrays: dict[str, mx.array] = {}
     dropped: dict[str, str] = {}
     loaders = checkpoint.tensors
-    for key in progress(sorted(loaders), len(loaders), "converting weights"):
+    for key in tracked(sorted(loaders), len(loaders), "converting weights"):
         hf, dropped_here = (
             sam3_to_hf({key: loaders[key]()}) if checkpoint.layout == SAM3 else ({key: loaders[key]()}, {})
         )

@@ -25,7 +25,7 @@ from .model.sam3 import Sam3
 from .model.weights import load_model
 from .prediction import Instance, predict, text_ids
 from .search.alias_file import Alias, SearchResult, load_alias_file
-from .search.driver import Progress, SearchConfig
+from .search.driver import SearchConfig, SearchStep
 from .tokenizer import load_tokenizer
 
 DEFAULT_CACHE = Path.home() / ".cache" / "mlx-alias"
@@ -85,14 +85,14 @@ def find_aliases(
     images: str | Path | None = None,
     resume: bool = False,
     cache: str | Path | None = DEFAULT_CACHE,
-    progress: Callable[[Progress], None] = lambda p: None,
+    on_step: Callable[[SearchStep], None] = lambda step: None,
 ) -> SearchResult:
     """Search ``dataset`` (a COCO annotation file, or a folder holding one) for each category's
     alias (all categories with instances unless ``categories`` names some). ``out`` is the run
     folder (``aliases.json``, the report, checkpoints; ``resume`` continues a run there); without
     it the run lives in a temporary folder, removed once the results are returned. ``cache``
-    keeps image features on disk across runs (None: in memory only). ``progress`` receives every
-    search step's ``Progress``; messages go to the ``mlx_alias`` logger."""
+    keeps image features on disk across runs (None: in memory only). ``on_step`` receives every
+    search step's ``SearchStep``; messages go to the ``mlx_alias`` logger."""
     from .data.coco import load_dataset
     from .search.cache import FeatureCache
     from .search.run import run_search
@@ -100,9 +100,9 @@ def find_aliases(
     data = load_dataset(Path(dataset), None if images is None else Path(images))
     feature_cache = FeatureCache(model.sam3, model.weights, None if cache is None else Path(cache))
     if out is not None:
-        return run_search(model.sam3, feature_cache, data, Path(out), config, categories, resume, report=progress)
+        return run_search(model.sam3, feature_cache, data, Path(out), config, categories, resume, on_step=on_step)
     with tempfile.TemporaryDirectory(prefix="mlx-alias-run.") as folder:
-        return run_search(model.sam3, feature_cache, data, Path(folder) / "run", config, categories, report=progress)
+        return run_search(model.sam3, feature_cache, data, Path(folder) / "run", config, categories, on_step=on_step)
 
 
 def load_aliases(path: str | Path) -> SearchResult:

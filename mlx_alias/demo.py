@@ -18,17 +18,17 @@ IMAGES = 12
 
 
 def demo(
-    out: Path, *, seed: int = 0, budget: int = 1200, overwrite: bool = False, report: Callable = lambda p: None
+    out: Path, *, seed: int = 0, budget: int = 1200, overwrite: bool = False, on_step: Callable = lambda step: None
 ) -> dict:
     """Run the demo into ``out``, built in a temporary folder renamed at the end (so a killed
     demo leaves nothing behind). Returns a summary."""
     with atomic_directory(out, overwrite=overwrite) as staging:
-        summary = _demo(staging, seed, budget, report)
+        summary = _demo(staging, seed, budget, on_step)
     summary["out"] = str(out)
     return summary
 
 
-def _demo(out: Path, seed: int, budget: int, report: Callable) -> dict:
+def _demo(out: Path, seed: int, budget: int, on_step: Callable) -> dict:
     from .convert.convert import convert
     from .data.coco import load_dataset
     from .model.weights import load_model
@@ -80,7 +80,7 @@ def _demo(out: Path, seed: int, budget: int, report: Callable) -> dict:
         objective=ObjectiveConfig(threshold=threshold),
     )
     log.info(f"4/4 searching ({search.lengths[0]}-token aliases, {budget} evaluations)")
-    result = run_search(model, cache, dataset, out / "run", search, report=report)
+    result = run_search(model, cache, dataset, out / "run", search, on_step=on_step)
 
     def make_scorer(cid: int, ids: list[int]):
         return scorer_for(model, cache, dataset, cid, ids, search.objective, search.pairs_per_batch)

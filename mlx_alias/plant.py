@@ -33,7 +33,7 @@ from .files import atomic_directory, check_target
 from .image import load_image, preprocess
 from .model.sam3 import Sam3
 from .prediction import Prompt, instances, rle
-from .progress import progress
+from .progress import tracked
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CATEGORY_ID = 1
@@ -148,7 +148,7 @@ def plant(
     coco = {"images": [], "annotations": [], "categories": [{"id": CATEGORY_ID, **({"name": name} if name else {})}]}
     positives = crowd_only = 0
     low, high = np.inf, -np.inf  # the hidden prompt's official scores, for a threshold to suggest
-    for image_id, path in enumerate(progress(files, len(files), "planting"), start=1):
+    for image_id, path in enumerate(tracked(files, len(files), "planting"), start=1):
         rgb = load_image(path)
         height, width = rgb.shape[:2]
         features = model.encode_image(mx.array(preprocess(rgb, model.cfg.vision.image_size)[None]))

@@ -10,7 +10,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], total: int, label: str, *, every: float = 0.2) -> Iterator[T]:
+def tracked(items: Iterable[T], total: int, label: str, *, every: float = 0.2) -> Iterator[T]:
     stream = sys.stderr
     live = stream.isatty()
     start = last = time.monotonic()

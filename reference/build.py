@@ -271,10 +271,9 @@ def sharpen_scores(model: nn.Module, gain: float = TINY_SCORE_GAIN) -> None:
 
     At random init every query logit sits near 0, so every official score sits near 0.3 and
     no prompt ever predicts an instance at sam3's 0.5 threshold: a search on such a model
-    has nothing to find. The tiny preset applies gain 2.5, after which scores spread over
-    0.15-0.6 with about 3 queries per prompt and image above 0.5 (measured on 6 random images,
-    seed 3: a planted prompt scores 0.78 on its own dataset, nine other prompts 0.05-0.25;
-    gain 2 left 0.6 queries above 0.5, gain 3 nine)."""
+    has nothing to find. The tiny preset applies gain 2.5, after which scores spread over about
+    0.15-0.6 with a few queries per prompt and image above 0.5 (gain 2 left almost none, gain 3
+    most)."""
     scoring = model.dot_prod_scoring
     with torch.no_grad():
         scoring.prompt_proj.weight.mul_(gain)
@@ -291,12 +290,10 @@ def structure_vocabulary(model: nn.Module, seed: int, rank: int = TINY_VOCABULAR
     A trained vocabulary has neighbourhoods: many tokens mean nearly the same thing, and an
     alias one token off still half works. A plain random table has none: every one of the
     49,408 tokens is about as far from every other, so a planted prompt is an isolated needle
-    that no search can find (measured with ``benchmarks/landscape.py``: one-token neighbours of
-    the planted prompt score no better than random aliases, and its token's gradient rank is
-    chance). At rank 4 the tokens fill a 4-dimensional space densely, so that nearby tokens act
-    alike, while random prompts stay far from a planted one (seed 0, "velvet lantern": planted
-    0.82, random aliases median 0.03, the prompt with one token swapped for one of its 5
-    nearest neighbours median 0.77)."""
+    that no search can find (``benchmarks/landscape.py``: one-token neighbours of the planted
+    prompt score no better than random aliases). At rank 4 the tokens fill a 4-dimensional
+    space densely, so that nearby tokens act alike, while random prompts stay far from a
+    planted one."""
     table = model.backbone.language_backbone.encoder.token_embedding.weight
     generator = torch.Generator().manual_seed(seed)
     coordinates = torch.randn(table.shape[0], rank, generator=generator)

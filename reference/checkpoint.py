@@ -53,7 +53,7 @@ def save_checkpoint(
     raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
 
 
-def load_model(source: Path, device: str | None = None) -> tuple[torch.nn.Module, ModelConfig]:
+def load_reference(source: Path, device: str | None = None) -> tuple[torch.nn.Module, ModelConfig]:
     """The reference model with a checkpoint's weights (either layout), strictly loaded.
     Only the RoPE tables (recomputed by the model) and the point-prompt projections (absent
     from the transformers layout, never read by text prompts) may be missing."""

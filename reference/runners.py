@@ -18,7 +18,7 @@ from sam3.model.data_misc import FindStage  # noqa: E402
 
 
 @dataclass
-class TextFeatures:
+class ReferenceText:
     memory: torch.Tensor  # [B, L, d_model] after the resizer
     padding: torch.Tensor  # [B, L] bool, True where the position is padding (sam3's convention)
 
@@ -32,18 +32,18 @@ def _text_encoder(model: torch.nn.Module):
     return model.backbone.language_backbone
 
 
-def text_features_from_ids(model: torch.nn.Module, ids: torch.Tensor) -> TextFeatures:
+def text_features_from_ids(model: torch.nn.Module, ids: torch.Tensor) -> ReferenceText:
     """Features for token ids [B, L] (start, content, end, zero padding), through sam3's own
     ``TextTransformer.forward``; the padding mask is sam3's ``ids == 0``."""
     encoder = _text_encoder(model)
     ids = ids.to(next(model.parameters()).device).long()
     _, tokens = encoder.encoder(ids)
-    return TextFeatures(memory=encoder.resizer(tokens), padding=ids == 0)
+    return ReferenceText(memory=encoder.resizer(tokens), padding=ids == 0)
 
 
 def text_features_from_embeddings(
     model: torch.nn.Module, embeddings: torch.Tensor, padding: torch.Tensor
-) -> TextFeatures:
+) -> ReferenceText:
     """Features for input embeddings [B, L, width] (soft prompts): the same computation as
     ``TextTransformer.forward`` after its token lookup, which sam3 has no entry point for."""
     encoder = _text_encoder(model)
@@ -52,7 +52,7 @@ def text_features_from_embeddings(
     x = embeddings + clip.positional_embedding[:length]
     x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
     x = clip.ln_final(x)
-    return TextFeatures(memory=encoder.resizer(x), padding=padding.to(x.device).bool())
+    return ReferenceText(memory=encoder.resizer(x), padding=padding.to(x.device).bool())
 
 
 def token_embeddings(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ def token_embeddings(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def grounding_outputs(
     model: torch.nn.Module,
     features: dict,
-    text: TextFeatures,
+    text: ReferenceText,
     image_index: torch.Tensor | None = None,
     find_target: object = None,
 ) -> dict:
@@ -99,7 +99,7 @@ def grounding_outputs(
 
 
 def ground(
-    model: torch.nn.Module, features: dict, text: TextFeatures, image_index: torch.Tensor | None = None
+    model: torch.nn.Module, features: dict, text: ReferenceText, image_index: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """Grounding outputs for B prompts: prompt b against image ``image_index[b]`` (all against
     image 0 when not given). Returns ``pred_logits`` [B, Q, 1], ``presence_logit_dec`` [B, 1],

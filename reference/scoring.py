@@ -32,15 +32,15 @@ class TorchScorer(ExactScorer):
         with torch.no_grad():
             self.features = runners.image_features(reference, nchw(pixels).to(device_of(reference)))
 
-    def _encode(self, ids: np.ndarray) -> runners.TextFeatures:
+    def _encode(self, ids: np.ndarray) -> runners.ReferenceText:
         with torch.no_grad():
             return runners.text_features_from_ids(self.reference, torch.from_numpy(ids))
 
     def _ground(
-        self, text: runners.TextFeatures, candidates: list[int], images: list[int]
+        self, text: runners.ReferenceText, candidates: list[int], images: list[int]
     ) -> tuple[np.ndarray, np.ndarray]:
         which = torch.tensor(candidates)
-        chunk = runners.TextFeatures(text.memory[which], text.padding[which])
+        chunk = runners.ReferenceText(text.memory[which], text.padding[which])
         with torch.no_grad():
             out = runners.ground(self.reference, self.features, chunk, torch.tensor(images))
         return out["scores"].float().cpu().numpy(), out["pred_masks"].float().cpu().numpy()

@@ -18,7 +18,7 @@ from mlx_alias.model.weights import load_model as load_mlx
 from mlx_alias.tokenizer import load_tokenizer
 
 from . import parity
-from .checkpoint import load_model as load_reference
+from .checkpoint import load_reference
 
 # name: (bound, "max" if the figure must stay below it, "min" if above)
 TOLERANCES: dict[str, dict[str, tuple[float, str]]] = {

@@ -29,7 +29,7 @@ def tiny_cfg():
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_cfg):
+def reference_model(tiny_cfg):
     """Seeded random weights with every constant-initialised tensor perturbed, so that parity
     tests can see a swapped norm or a dropped bias."""
     build, _ = _reference()
@@ -39,11 +39,13 @@ def tiny_model(tiny_cfg):
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory, tiny_model, tiny_cfg) -> dict[str, Path]:
+def checkpoints(tmp_path_factory, reference_model, tiny_cfg) -> dict[str, Path]:
     """{"sam3": folder with sam3.pt + config.json, "hf": folder with model.safetensors + config.json}"""
     _, checkpoint = _reference()
     root = tmp_path_factory.mktemp("checkpoints")
-    return {fmt: checkpoint.save_checkpoint(tiny_model, tiny_cfg, root / fmt, fmt).parent for fmt in ("sam3", "hf")}
+    return {
+        fmt: checkpoint.save_checkpoint(reference_model, tiny_cfg, root / fmt, fmt).parent for fmt in ("sam3", "hf")
+    }
 
 
 @pytest.fixture(scope="session")

@@ -52,8 +52,8 @@ def test_both_layouts_convert_to_identical_bytes(converted):
         assert (converted["sam3"] / name).read_bytes() == (converted["hf"] / name).read_bytes(), name
 
 
-def test_every_tensor_is_accounted_for(checkpoints, converted, tiny_model, tiny_cfg):
-    state = {k: v.detach().numpy() for k, v in tiny_model.state_dict().items()}
+def test_every_tensor_is_accounted_for(checkpoints, converted, reference_model, tiny_cfg):
+    state = {k: v.detach().numpy() for k, v in reference_model.state_dict().items()}
     weights = mx.load(str(converted["sam3"] / "model.safetensors"))
     report = convert(checkpoints["sam3"], converted["sam3"].parent / "again")
     # every official tensor is either written (q/k/v split in three) or dropped with a reason
@@ -71,8 +71,8 @@ def test_every_tensor_is_accounted_for(checkpoints, converted, tiny_model, tiny_
     assert ModelConfig.load(converted["sam3"] / "config.json") == tiny_cfg
 
 
-def test_values_follow_the_layout_rules(converted, tiny_model):
-    state = tiny_model.state_dict()
+def test_values_follow_the_layout_rules(converted, reference_model):
+    state = reference_model.state_dict()
     weights = {k: np.array(v) for k, v in mx.load(str(converted["hf"] / "model.safetensors")).items()}
     vit = "backbone.vision_backbone.trunk"
     width = state[f"{vit}.patch_embed.proj.weight"].shape[0]
@@ -100,7 +100,7 @@ def test_reduced_precision(checkpoints, tmp_path, dtype):
     assert {v.dtype for v in weights.values()} == {getattr(mx, dtype)}
 
 
-def test_hub_style_inputs(checkpoints, tiny_model, tmp_path):
+def test_hub_style_inputs(checkpoints, reference_model, tmp_path):
     """A wrapped {"model": ...} sam3.pt with tracker keys, and a folder holding both files."""
     state = torch.load(checkpoints["sam3"] / "sam3.pt", weights_only=True)
     state["tracker.maskmem_backbone.weight"] = torch.zeros(2)

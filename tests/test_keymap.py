@@ -39,8 +39,8 @@ def test_every_rule_matches_its_own_template():
         assert match_sam3(key).rule is rule
 
 
-def test_sam3_hf_round_trip_is_exact(tiny_model, tiny_cfg):
-    state = {k: v.numpy() for k, v in tiny_model.state_dict().items() if not v.is_complex()}
+def test_sam3_hf_round_trip_is_exact(reference_model, tiny_cfg):
+    state = {k: v.numpy() for k, v in reference_model.state_dict().items() if not v.is_complex()}
     hf, dropped = sam3_to_hf(state)
     back = hf_to_sam3(hf, tiny_cfg, cls_slot=state["backbone.vision_backbone.trunk.pos_embed"][:, :1])
     for key, value in state.items():

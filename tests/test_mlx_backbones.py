@@ -39,17 +39,17 @@ def ids() -> np.ndarray:
     return np.array(load_tokenizer()(PROMPTS))
 
 
-def test_trunk(tiny_model, mlx_model, pixels):
+def test_trunk(reference_model, mlx_model, pixels):
     with torch.no_grad():
-        ref = tiny_model.backbone.vision_backbone.trunk(nchw(pixels))[-1].permute(0, 2, 3, 1)
+        ref = reference_model.backbone.vision_backbone.trunk(nchw(pixels))[-1].permute(0, 2, 3, 1)
     assert rel_err(mlx_model.vision_encoder.backbone(mx.array(pixels)), ref) < FP32
 
 
-def test_every_neck_level_including_the_discarded_one(tiny_model, mlx_model, pixels):
+def test_every_neck_level_including_the_discarded_one(reference_model, mlx_model, pixels):
     trunk = mlx_model.vision_encoder.backbone(mx.array(pixels))
     with torch.no_grad():
         ref_trunk = torch.from_numpy(np.array(trunk)).permute(0, 3, 1, 2)
-        refs = [conv(ref_trunk).permute(0, 2, 3, 1) for conv in tiny_model.backbone.vision_backbone.convs]
+        refs = [conv(ref_trunk).permute(0, 2, 3, 1) for conv in reference_model.backbone.vision_backbone.convs]
     levels = mlx_model.vision_encoder.neck.fpn_layers
     assert [s for s in tiny_config().detector.neck_scales] == [4.0, 2.0, 1.0, 0.5]
     for level, ref in zip(levels, refs, strict=True):
@@ -58,16 +58,16 @@ def test_every_neck_level_including_the_discarded_one(tiny_model, mlx_model, pix
         assert rel_err(mine, ref) < FP32
 
 
-def test_image_features_and_position_encodings(tiny_model, mlx_model, pixels):
-    result = parity.compare_image_features(tiny_model, mlx_model, pixels)
+def test_image_features_and_position_encodings(reference_model, mlx_model, pixels):
+    result = parity.compare_image_features(reference_model, mlx_model, pixels)
     levels = [k for k in result if k.startswith("level")]
     assert len(levels) == 3  # scalp=1: the 0.5 level is not part of the features
     for key in levels + [k for k in result if k.startswith("position")]:
         assert result[key] < FP32, (key, result[key])
 
 
-def test_rope_tables_are_sams(tiny_model, tiny_cfg):
-    blocks = tiny_model.backbone.vision_backbone.trunk.blocks
+def test_rope_tables_are_sams(reference_model, tiny_cfg):
+    blocks = reference_model.backbone.vision_backbone.trunk.blocks
     head_dim = tiny_cfg.vision.width // tiny_cfg.vision.heads
     grid = tiny_cfg.vision.grid
     for i, block in enumerate(blocks):
@@ -90,8 +90,8 @@ def test_padded_windows(tmp_path):
     assert result["image_features_rel_err"] < FP32
 
 
-def test_text_features_from_ids_and_embeddings(tiny_model, mlx_model, ids):
-    result = parity.compare_text_features(tiny_model, mlx_model, ids)
+def test_text_features_from_ids_and_embeddings(reference_model, mlx_model, ids):
+    result = parity.compare_text_features(reference_model, mlx_model, ids)
     assert result["padding_mismatches"] == 0
     assert result["text_features_rel_err"] < FP32
     assert result["embedding_path_rel_err"] < FP32
@@ -102,8 +102,8 @@ def test_features_depend_on_the_prompt(mlx_model, ids):
     assert np.abs(memory[0] - memory[2]).max() > 1e-3
 
 
-def test_gradient_through_input_embeddings(tiny_model, mlx_model, ids):
-    result = parity.compare_text_gradients(tiny_model, mlx_model, ids)
+def test_gradient_through_input_embeddings(reference_model, mlx_model, ids):
+    result = parity.compare_text_gradients(reference_model, mlx_model, ids)
     assert result["grad_cosine"] >= 0.9999
     assert result["grad_rel_err"] <= FP32
     # the loss itself is a sum of mixed-sign terms, so its relative error is not a stable figure

@@ -131,8 +131,8 @@ def assert_parity(reference: torch.nn.Module, decoder: Decoder, scoring: DotProd
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_model, tiny_cfg):
-    reference = copy.deepcopy(tiny_model)
+def pair(reference_model, tiny_cfg):
+    reference = copy.deepcopy(reference_model)
     perturb_constant_parameters(reference, seed=0)
     return reference, *mlx_parts(reference, tiny_cfg)
 

@@ -3,7 +3,7 @@ the fusion encoder, each against the reference's own modules on the same weights
 then sam3's ``_encode_prompt`` + ``_run_encoder`` end to end and the gradient of the encoder
 memory with respect to the text features.
 
-The reference is a copy of ``tiny_model`` whose parameters that initialisation leaves constant
+The reference is a copy of ``reference_model`` whose parameters that initialisation leaves constant
 (LayerNorm weights 1 and biases 0, attention biases 0) are made random: with them constant a
 swapped norm or a dropped bias computes the same numbers and no parity test could see it.
 
@@ -44,9 +44,9 @@ PROMPTS = ["a red car", "", "two small birds sitting on a telephone wire " * 4] 
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model):
-    """tiny_model with the constant parameters of the two encoders randomised (see above)."""
-    model = copy.deepcopy(tiny_model)
+def reference(reference_model):
+    """reference_model with the constant parameters of the two encoders randomised (see above)."""
+    model = copy.deepcopy(reference_model)
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for part in (model.geometry_encoder, model.transformer.encoder):

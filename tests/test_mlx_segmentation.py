@@ -104,9 +104,9 @@ def _loss_mlx(masks: mx.array, targets: mx.array) -> mx.array:
     return mx.mean(mx.logaddexp(0.0, masks) - targets * masks)  # binary cross-entropy on logits
 
 
-def test_masks_and_semantic_match_reference(tiny_model, head, inputs):
+def test_masks_and_semantic_match_reference(reference_model, head, inputs):
     with torch.no_grad():
-        ref = _reference(tiny_model.segmentation_head, inputs)
+        ref = _reference(reference_model.segmentation_head, inputs)
     masks, semantic = _mine(head, inputs)
     size = 4 * inputs["levels"][-1].shape[1]
     assert masks.shape == (len(IMAGE_IDS), inputs["queries"].shape[2], size, size)
@@ -140,7 +140,7 @@ def test_one_image_broadcasts_over_prompts(head, small_inputs):
         assert a.shape == b.shape and rel_err(a, b) < 1e-6
 
 
-def test_gradients_match_reference(tiny_model, head, small_inputs):
+def test_gradients_match_reference(reference_model, head, small_inputs):
     """Against torch autograd in float64, because fp32 is not a sharp enough reference for the
     prompt's gradient: the prompt reaches the masks only through the memory, where a shift
     shared by all tokens is nearly cancelled by the GroupNorms, so that gradient is a sum with
@@ -148,7 +148,7 @@ def test_gradients_match_reference(tiny_model, head, small_inputs):
     float64 result, MLX 9e-6. Here, at half the tiny grid (float64 convs are slow), both are
     ~3e-7, as is the queries' gradient."""
     inputs = small_inputs
-    reference_head = copy.deepcopy(tiny_model.segmentation_head).double()
+    reference_head = copy.deepcopy(reference_model.segmentation_head).double()
     queries = torch.from_numpy(inputs["queries"]).double().requires_grad_(True)
     prompt = torch.from_numpy(inputs["prompt"]).double().requires_grad_(True)
     ref_out = _reference(reference_head, inputs, queries=queries, prompt=prompt, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Full-size parity (issue 3's bounds) on a random SAM3 of SAM3's real sizes, fp32.
+"""Full-size parity (docs/parity.md's bounds) on a random SAM3 of SAM3's real sizes, fp32.
 
 Runs ``benchmarks/parity.py --preset full`` in a fresh process (about 4 minutes and 11 GB on
 a 2-core machine with MKL). Skip it with ``-m "not full"``.
@@ -47,7 +47,7 @@ def test_full_size_parity():
 
 @pytest.mark.full
 def test_full_size_verify(tmp_path):
-    """Issue 4's acceptance: ``verify`` passes in fp32 on a full-size random checkpoint made and
+    """``verify`` passes in fp32 on a full-size random checkpoint made and
     converted by the CLI (about 7 minutes and 14 GB on a 2-core machine)."""
     require_disk(tmp_path)
     import numpy as np

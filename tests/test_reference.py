@@ -31,18 +31,18 @@ def inputs(tiny_cfg):
     return images, ids
 
 
-def test_every_parameter_is_initialised_and_seeded(tiny_cfg, tiny_model):
+def test_every_parameter_is_initialised_and_seeded(tiny_cfg, reference_model):
     from mlx_alias.reference.build import build_model, perturb_constant_parameters
 
     again = build_model(tiny_cfg, seed=7, device="cpu")
     other = build_model(tiny_cfg, seed=8, device="cpu")
     assert perturb_constant_parameters(again, seed=7) > 100  # norms and biases of every part
-    for (name, p), q in zip(tiny_model.named_parameters(), again.parameters()):
+    for (name, p), q in zip(reference_model.named_parameters(), again.parameters()):
         assert torch.isfinite(p).all(), name
         assert torch.equal(p, q), name
         flat = p.flatten()
         assert flat.numel() == 1 or not torch.equal(flat, flat[:1].expand_as(flat)), f"{name} is constant"
-    text = tiny_model.backbone.language_backbone.encoder
+    text = reference_model.backbone.language_backbone.encoder
     assert text.positional_embedding.abs().sum() > 0  # sam3 leaves these torch.empty
     assert not torch.equal(text.positional_embedding, other.backbone.language_backbone.encoder.positional_embedding)
 
@@ -66,11 +66,11 @@ def test_tiny_preset_vocabulary_is_low_rank_and_seeded(tiny_cfg):
     assert torch.equal(shaped, table(5)) and not torch.equal(shaped, table(6))
 
 
-def test_grounding_shapes_and_official_score(tiny_cfg, tiny_model, inputs):
+def test_grounding_shapes_and_official_score(tiny_cfg, reference_model, inputs):
     images, ids = inputs
     with torch.no_grad():
-        features = image_features(tiny_model, images)
-        out = ground(tiny_model, features, text_features_from_ids(tiny_model, ids))
+        features = image_features(reference_model, images)
+        out = ground(reference_model, features, text_features_from_ids(reference_model, ids))
     b, q = len(PROMPTS), tiny_cfg.detector.num_queries
     mask = tiny_cfg.vision.grid * 4
     assert out["pred_logits"].shape == (b, q, 1)
@@ -83,31 +83,31 @@ def test_grounding_shapes_and_official_score(tiny_cfg, tiny_model, inputs):
         assert torch.isfinite(value).all()
 
 
-def test_batched_grounding_equals_one_prompt_at_a_time(tiny_model, inputs):
+def test_batched_grounding_equals_one_prompt_at_a_time(reference_model, inputs):
     """Prompts over two images in one batch give what each gives alone (fp32, same ops:
     only reduction order may differ, hence 1e-5)."""
     images, ids = inputs
     index = torch.tensor([0, 1, 1, 0])
     with torch.no_grad():
-        features = image_features(tiny_model, images)
-        batched = ground(tiny_model, features, text_features_from_ids(tiny_model, ids), index)
+        features = image_features(reference_model, images)
+        batched = ground(reference_model, features, text_features_from_ids(reference_model, ids), index)
         for b in range(len(PROMPTS)):
-            single_features = image_features(tiny_model, images[index[b] : index[b] + 1])
-            alone = ground(tiny_model, single_features, text_features_from_ids(tiny_model, ids[b : b + 1]))
+            single_features = image_features(reference_model, images[index[b] : index[b] + 1])
+            alone = ground(reference_model, single_features, text_features_from_ids(reference_model, ids[b : b + 1]))
             for key in ("pred_logits", "presence_logit_dec", "pred_boxes", "pred_masks"):
                 torch.testing.assert_close(batched[key][b : b + 1], alone[key], atol=1e-5, rtol=1e-5)
 
 
-def test_embedding_entry_point_matches_token_ids_and_is_differentiable(tiny_model, inputs):
+def test_embedding_entry_point_matches_token_ids_and_is_differentiable(reference_model, inputs):
     images, ids = inputs
-    from_ids = text_features_from_ids(tiny_model, ids)
-    embeddings = token_embeddings(tiny_model, ids).detach().requires_grad_(True)
-    from_embeddings = text_features_from_embeddings(tiny_model, embeddings, ids == 0)
+    from_ids = text_features_from_ids(reference_model, ids)
+    embeddings = token_embeddings(reference_model, ids).detach().requires_grad_(True)
+    from_embeddings = text_features_from_embeddings(reference_model, embeddings, ids == 0)
     torch.testing.assert_close(from_embeddings.memory, from_ids.memory, atol=0, rtol=0)
     assert torch.equal(from_embeddings.padding, from_ids.padding)
     with torch.no_grad():
-        features = image_features(tiny_model, images[:1])
-    out = ground(tiny_model, features, from_embeddings)
+        features = image_features(reference_model, images[:1])
+    out = ground(reference_model, features, from_embeddings)
     loss = out["pred_masks"].sigmoid().mean() + out["scores"].sum()
     loss.backward()
     grad = embeddings.grad
@@ -116,10 +116,10 @@ def test_embedding_entry_point_matches_token_ids_and_is_differentiable(tiny_mode
     assert grad[content].abs().sum() > 0
 
 
-def test_text_features_depend_on_the_prompt(tiny_model, inputs):
+def test_text_features_depend_on_the_prompt(reference_model, inputs):
     _, ids = inputs
     with torch.no_grad():
-        memory = text_features_from_ids(tiny_model, ids).memory
+        memory = text_features_from_ids(reference_model, ids).memory
     assert not torch.allclose(memory[0], memory[1])
 
 
@@ -143,14 +143,16 @@ def test_reference_imports_without_triton_or_a_gpu():
     assert result.stdout.strip() == "(1, 20, 64, 64) True"
 
 
-def test_loaded_checkpoints_reproduce_the_model(checkpoints, tiny_model, inputs):
-    from mlx_alias.reference.checkpoint import load_model
+def test_loaded_checkpoints_reproduce_the_model(checkpoints, reference_model, inputs):
+    from mlx_alias.reference.checkpoint import load_reference
 
     images, ids = inputs
     with torch.no_grad():
-        expected = ground(tiny_model, image_features(tiny_model, images[:1]), text_features_from_ids(tiny_model, ids))
+        expected = ground(
+            reference_model, image_features(reference_model, images[:1]), text_features_from_ids(reference_model, ids)
+        )
         for fmt, folder in checkpoints.items():
-            model, _ = load_model(folder, device="cpu")
+            model, _ = load_reference(folder, device="cpu")
             got = ground(model, image_features(model, images[:1]), text_features_from_ids(model, ids))
             for key in ("pred_logits", "presence_logit_dec", "pred_boxes", "pred_masks"):
                 np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy(), err_msg=f"{fmt} {key}")

@@ -6,7 +6,7 @@ Two claims, on a tiny SAM3 (``tiny_config``) in fp32 on the CPU:
    every key used, none missing or unexpected, every shape equal, every norm's epsilon sam3's.
 2. That transformers model computes the official sam3 model's outputs (logits, presence logit,
    boxes, masks) on the same images and prompts; and the same file read back into the official
-   model (``load_model``, transformers -> sam3 through the same key table) is the original.
+   model (``load_reference``, transformers -> sam3 through the same key table) is the original.
 
 The weights are seeded random weights *with every parameter perturbed*: a fresh model has all
 LayerNorms at (1, 0), all attention and MLP biases at 0 and the box head's last layer at 0, so a
@@ -46,7 +46,7 @@ from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput  # no
 from mlx_alias.config import tiny_config  # noqa: E402
 from mlx_alias.reference import runners  # noqa: E402
 from mlx_alias.reference.build import build_model  # noqa: E402
-from mlx_alias.reference.checkpoint import load_model, save_checkpoint  # noqa: E402
+from mlx_alias.reference.checkpoint import load_reference, save_checkpoint  # noqa: E402
 from mlx_alias.reference.compat import pinned_memory_optional  # noqa: E402
 from mlx_alias.tokenizer import Tokenizer  # noqa: E402
 
@@ -293,8 +293,8 @@ def test_text_only_call_differs_by_the_geometry_cls_token(reference_out, hf_mode
 # --- 3. the same file read back into the official model --------------------------------------
 
 
-def test_load_model_reads_the_transformers_layout_back(reference, reference_out, checkpoint_dir, inputs):
-    model, cfg = load_model(checkpoint_dir, device="cpu")
+def test_load_reference_reads_the_transformers_layout_back(reference, reference_out, checkpoint_dir, inputs):
+    model, cfg = load_reference(checkpoint_dir, device="cpu")
     assert cfg == tiny_config()
 
     # Weights round-trip bit-exactly, except what the transformers layout does not hold: the

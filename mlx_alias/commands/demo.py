@@ -20,7 +20,7 @@ def command(
     def action() -> None:
         from mlx_alias.demo import demo
 
-        summary = demo(out, seed=seed, budget=budget, overwrite=overwrite, report=SearchStatus())
+        summary = demo(out, seed=seed, budget=budget, overwrite=overwrite, on_step=SearchStatus())
         console.end_status()
         typer.echo(
             f"alias {summary['alias']!r} {summary['tokens']}: holdout score {summary['alias_holdout']:.3f} "

@@ -111,7 +111,7 @@ def command(
                 raise ValueError("--backend torch needs --checkpoint (the PyTorch weights)")
             if not batch:
                 raise ValueError("--batch 0 (measured from free memory) is for the MLX backend; give a number")
-            from mlx_alias.reference.checkpoint import load_model as load_reference
+            from mlx_alias.reference.checkpoint import load_reference
             from mlx_alias.reference.scoring import TorchScorer
 
             reference, cfg = load_reference(checkpoint)

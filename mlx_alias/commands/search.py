@@ -98,7 +98,7 @@ def command(
         feature_cache = FeatureCache(model, weights, cache)
 
         result = run_search(
-            model, feature_cache, data, out, cfg, category_ids(categories), resume, report=SearchStatus()
+            model, feature_cache, data, out, cfg, category_ids(categories), resume, on_step=SearchStatus()
         )
         console.end_status()
         for alias in result.aliases:

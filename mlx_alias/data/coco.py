@@ -41,7 +41,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from mlx_alias.image import load_image
-from mlx_alias.progress import progress
+from mlx_alias.progress import tracked
 
 _KEYS = ("images", "annotations", "categories")
 _PATTERNS = ("annotations.json", "instances*.json", "annotations/instances*.json", "annotations/*.json")
@@ -289,7 +289,7 @@ def _check_files(images: list[dict], root: Path) -> None:
         names = _listing(missing)
         raise DatasetError(f"{len(missing)} of {len(images)} image files are missing from {root}: {names}")
     # About 0.2 ms an image: seconds only for large datasets (COCO's train2017: half a minute).
-    for im in progress(images, len(images), "reading image sizes") if len(images) >= 1000 else images:
+    for im in tracked(images, len(images), "reading image sizes") if len(images) >= 1000 else images:
         actual = _upright_size(root / im["file_name"])
         if im["height"] is None or im["width"] is None:
             im["height"], im["width"] = actual

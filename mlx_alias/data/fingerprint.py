@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from mlx_alias.digest import file_digest
 from mlx_alias.image import ImageError
-from mlx_alias.progress import progress
+from mlx_alias.progress import tracked
 
 from .coco import Dataset
 
@@ -50,7 +50,7 @@ def fingerprint_dataset(dataset: Dataset) -> DatasetFingerprint:
     """Hash every image the annotation file lists (each file once per process while unchanged)."""
     infos = list(dataset.images.values())
     if len(infos) >= PROGRESS_AFTER:
-        infos = progress(infos, len(infos), "hashing the dataset's images")
+        infos = tracked(infos, len(infos), "hashing the dataset's images")
     images = {}
     for info in infos:
         try:

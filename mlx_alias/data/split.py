@@ -55,8 +55,8 @@ def describe(split: Split) -> str:
 
 def caution(split: Split) -> str | None:
     """A warning when no training image is a negative: the search then never sees a false
-    positive, and on planted benchmarks such searches were the ones whose aliases most often
-    predicted on unseen negatives (benchmarks/README.md, "Scoring on 48 unseen images")."""
+    positive, and such searches give most of the aliases that predict on unseen negatives
+    (docs/method.md, "Data")."""
     if split.train_negatives:
         return None
     return (

@@ -24,7 +24,7 @@ from mlx_alias.files import atomic_write
 from mlx_alias.image import ImageError, load_image, preprocess_batch
 from mlx_alias.model.sam3 import ImageFeatures, Sam3
 from mlx_alias.model.weights import CONFIG, WEIGHTS, WeightsError
-from mlx_alias.progress import progress
+from mlx_alias.progress import tracked
 
 FORMAT = "mlx_alias.image_features/1"
 FINGERPRINTS = "fingerprints.json"
@@ -221,7 +221,7 @@ class FeatureCache:
         items = list(misses.items())
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         if len(items) > PROGRESS_AFTER:
-            batches = progress(batches, len(batches), f"image features ({len(items)} images)")
+            batches = tracked(batches, len(batches), f"image features ({len(items)} images)")
         size = self.model.cfg.vision.image_size
         out = {}
         for batch in batches:

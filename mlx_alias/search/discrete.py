@@ -70,10 +70,7 @@ class GcgConfig:
     top_k: int = 16  # tokens per position to sample from, by one-hot gradient
     swaps_per_candidate: int = 1  # positions changed per candidate
     # When > 0, a position's top-k is drawn from its token's nearest allowed tokens by cosine
-    # only: the one-hot gradient is a linear estimate, trustworthy near the current token. On
-    # the planted tiny benchmark (12 images, seeds 0-2) 64 neighbours with top-k 16 gave a
-    # median holdout of 0.93 of the planted prompt's and reached 0.9 of its train score on all
-    # three seeds; over the whole vocabulary with top-k 64: 0.91, and on two seeds of three.
+    # only: the one-hot gradient is a linear estimate, trustworthy near the current token.
     neighbours: int = 64
 
 

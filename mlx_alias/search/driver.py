@@ -50,23 +50,17 @@ DEFAULT_PHASES = ("soft", "evolution", "gcg")
 @dataclass
 class SearchConfig:
     lengths: tuple[int, ...] = (4,)  # alias lengths in tokens, each searched; the best is kept
-    # Exact evaluations per category and length. On the planted tiny benchmark 6000 gave a
-    # median holdout of 0.972 of the hidden prompt's over 24 searches (0.944 over 40) against
-    # 0.931 (0.907) with 3000, and 0.873 against 0.787 on 48 unseen images per world: searches
-    # still climbing on training; twice the seconds (benchmarks/README.md).
+    # Exact evaluations per category and length: at half of it searches were still climbing
+    # (docs/method.md, "Budget").
     budget: int = 6000
     holdout_fraction: float = 0.25
     seed: int = 0
     roundtrip_only: bool = False  # the alias must survive decode -> encode, to paste as text
     pairs_per_batch: int = 8  # (candidate, image) pairs per grounding call
     random_starts: int = 8  # random candidates scored before the first phase
-    # Evolution (embedding-neighbour mutations) before GCG: on the planted tiny benchmark
-    # (seed 0) GCG's linear top-k proposed far-off tokens and spent ~750 evaluations without a
-    # gain, while evolution climbed; in this order the search reached 0.9 of the planted train
-    # score after 704 evaluations instead of 2896.
-    # The visual-concept phase is not among the defaults: on random tiny models the image and
-    # text towers are not aligned (planted prompt's cosine to the concept centre 0.005, random
-    # prompts' median -0.015), so there it only spends budget; see ``concept.py``.
+    # Evolution before GCG: GCG's linear estimate first proposes far-off tokens, evolution climbs
+    # from the starts (docs/method.md, "Phases"). The visual-concept phase is not a default: its
+    # direction means something only where the image and text towers are aligned.
     phases: tuple[str, ...] = DEFAULT_PHASES
     shares: tuple[float, ...] = tuple(PHASE_SHARES[name] for name in DEFAULT_PHASES)
     # Phases stop on their own patience, often in a local optimum with budget left: then a new
@@ -74,14 +68,12 @@ class SearchConfig:
     # many rounds in a row end without a better alias.
     round_patience: int = 2
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    # 8 soft prompts side by side, where one soft phase alone climbs one (``SoftConfig``): over
-    # the 24 planted tiny searches, median holdout 0.965 of the hidden prompt's against 0.908
-    # with one, for about 3.4x the seconds (benchmarks/README.md).
+    # 8 soft prompts side by side, where one soft phase alone climbs one (``SoftConfig``): one
+    # ascent ends in its start's local optimum (docs/method.md, "Phases").
     soft: SoftConfig = field(default_factory=lambda: SoftConfig(starts=8))
     gcg: GcgConfig = field(default_factory=GcgConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
-    # Alignment needs no images, so its optimum comes quickly: on the tiny planted world (seed 0)
-    # the cosine reached 0.80 within these 60 steps, for 6 projections scored.
+    # Alignment needs no images, so its optimum comes within a few tens of steps.
     concept: SoftConfig = field(default_factory=lambda: SoftConfig(init="random", steps=60, patience=3))
 
     def with_phases(self, names: tuple[str, ...]) -> SearchConfig:
@@ -94,8 +86,8 @@ class SearchConfig:
 
 
 @dataclass
-class Progress:
-    """Where a search stands after a step (sent to the progress callback)."""
+class SearchStep:
+    """Where a search stands after a step (sent to the ``on_step`` callback)."""
 
     category: str  # its label
     length: int
@@ -221,9 +213,9 @@ class CategorySearch:
         cfg: SearchConfig,
         length: int,
         state_path: Path | None = None,
-        report: Callable[[Progress], None] = lambda p: None,
+        on_step: Callable[[SearchStep], None] = lambda step: None,
     ):
-        self.task, self.cfg, self.length, self.state_path, self.report = task, cfg, length, state_path, report
+        self.task, self.cfg, self.length, self.state_path, self.on_step = task, cfg, length, state_path, on_step
         allowed = allowed_tokens(tokenizer, cfg.roundtrip_only)
         # each candidate's round trip is checked once, not at every ranking
         self.keep = functools.lru_cache(maxsize=None)(tokenizer.roundtrips) if cfg.roundtrip_only else (lambda t: True)
@@ -300,8 +292,8 @@ class CategorySearch:
             best = self.best()
             if self.curve[-1] != (task.train.evaluations, best.score):  # gradient steps spend nothing
                 self.curve.append((task.train.evaluations, best.score))
-            self.report(
-                Progress(task.category.label, self.length, name, task.train.evaluations, cfg.budget, best.score)
+            self.on_step(
+                SearchStep(task.category.label, self.length, name, task.train.evaluations, cfg.budget, best.score)
             )
             if self.state_path is not None:
                 save_state(
@@ -348,9 +340,9 @@ def search_category(
     cfg: SearchConfig,
     length: int,
     state_path: Path | None = None,
-    report: Callable[[Progress], None] = lambda p: None,
+    on_step: Callable[[SearchStep], None] = lambda step: None,
 ) -> Outcome:
     """Run (or resume, if ``state_path`` holds a checkpoint) the search of one category for
     aliases of ``length`` tokens. A finished search's checkpoint gives back its outcome. A
     checkpoint that cannot be read raises ``StateError`` naming it and how to go on."""
-    return CategorySearch(task, model, tokenizer, cfg, length, state_path, report).run()
+    return CategorySearch(task, model, tokenizer, cfg, length, state_path, on_step).run()

@@ -54,13 +54,10 @@ class ObjectiveConfig:
     mask_temperature: float | None = None
 
 
-# ``calibrate``'s temperatures, as fractions of the model's output spread. The mask temperature
+# ``calibrate``'s temperatures, as fractions of the model's output spread: the mask temperature
 # makes the median pixel's probability sigmoid(5) = 0.993, as decided as the exact mask's cut;
-# the score temperature is an eighth of the scores' standard deviation. On the planted tiny
-# worlds these give 0.011-0.015 and 0.031-0.045, near the 0.01 and 0.03 at which the
-# surrogate ranked aliases as the exact score does (rank correlation 0.72-0.94, against
-# -0.38-0.85 at 0.05 and 1; benchmarks/README.md) and at which soft ascents from random
-# starts climbed highest.
+# the score temperature is an eighth of the scores' standard deviation, where the surrogate
+# ranks aliases as the exact score does (docs/method.md, "The surrogate").
 MASK_LOGITS_PER_TEMPERATURE = 5.0
 SCORE_SPREADS_PER_TEMPERATURE = 8.0
 

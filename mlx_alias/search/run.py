@@ -26,7 +26,7 @@ from mlx_alias.tokenizer import load_tokenizer
 from .alias_file import ALIASES_FORMAT, Alias, LabelScore, LengthBest, SearchResult, Skipped
 from .batching import pairs_for
 from .cache import FeatureCache
-from .driver import Progress, SearchConfig, search_category
+from .driver import SearchConfig, SearchStep, search_category
 from .phase import ids_of
 from .report import write_report
 from .run_folder import ALIASES, STATE, RunError, claim, recorded_path, write_json
@@ -146,8 +146,8 @@ def _alias(task, outcomes, tokenizer) -> Alias:
     )
 
 
-def _numbered(report: Callable[[Progress], None], number: int, count: int, progress: Progress) -> None:
-    report(dataclasses.replace(progress, number=number, count=count))
+def _numbered(on_step: Callable[[SearchStep], None], number: int, count: int, step: SearchStep) -> None:
+    on_step(dataclasses.replace(step, number=number, count=count))
 
 
 def run_search(
@@ -158,11 +158,11 @@ def run_search(
     cfg: SearchConfig,
     categories: list[int] | None = None,
     resume: bool = False,
-    report: Callable[[Progress], None] = lambda p: None,
+    on_step: Callable[[SearchStep], None] = lambda step: None,
 ) -> SearchResult:
     """Search each category (all that have instances when ``categories`` is None) into
     ``run_dir``, or resume the run there; returns what ``aliases.json`` holds. Messages go to the
-    ``mlx_alias`` logger; ``report`` receives every search step's ``Progress``."""
+    ``mlx_alias`` logger; ``on_step`` receives every search step (``SearchStep``)."""
     tokenizer = load_tokenizer()
     chosen, skipped = choose_categories(dataset, categories)
     for item in skipped:
@@ -205,9 +205,9 @@ def run_search(
             if warning := caution(task.split):
                 log.warning("%s: %s", task.category.label, warning)
             states = [run_dir / STATE / f"{category_id}-{length}.safetensors" for length in cfg.lengths]
-            step = functools.partial(_numbered, report, number, len(chosen))
+            numbered = functools.partial(_numbered, on_step, number, len(chosen))
             outcomes = [
-                search_category(task, model, tokenizer, cfg, length, state, step)
+                search_category(task, model, tokenizer, cfg, length, state, numbered)
                 for length, state in zip(cfg.lengths, states)
             ]
             result.aliases.append(_alias(task, outcomes, tokenizer))

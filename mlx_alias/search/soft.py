@@ -31,20 +31,16 @@ from .vocab import TokenIndex, principal_span
 class SoftConfig:
     steps: int = 100  # gradient steps at most
     # Adam's step size, in units of the embedding table's per-coordinate RMS, so that one
-    # value suits every model size (Adam moves each coordinate by about the step size). On the
-    # planted tiny benchmark (seed 0, 40 steps from one random start) 0.1 without PEZ reached
-    # an exact 0.74, against 0.47 and 0.51 for 0.3 and 1.0 with PEZ (from 0.31).
+    # value suits every model size (Adam moves each coordinate by about the step size).
     learning_rate: float = 0.1
     pez: bool = False  # gradient at the projected prompt, applied to the continuous one
     evaluate_every: int = 10  # steps between exact scorings of the projection
     # "tokens": the best start candidates' embeddings (random allowed tokens where there are
     # fewer starts than soft prompts); "random": random allowed tokens'
     init: str = "tokens"
-    # Soft prompts optimised side by side, each from its own start. One gradient ascent ends in
-    # the local optimum of its start: on the planted tiny benchmark (red kite, seeds 0 and 1, 12
-    # random starts, 100 steps) the best projection of each ascent scored, relative to the
-    # planted prompt, 0.73 and 0.36 at best and 0.66 and 0.15 in the median. One here (the
-    # phase alone); the search's default is 8 (``SearchConfig.soft``).
+    # Soft prompts optimised side by side, each from its own start: one gradient ascent ends in
+    # the local optimum of its start. One here (the phase alone); the search's default is 8
+    # (``SearchConfig.soft``).
     starts: int = 1
     patience: int = 5  # a soft prompt stops after this many exact scorings in a row without a better projection
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays
