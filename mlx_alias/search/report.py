@@ -22,7 +22,7 @@ from .alias_file import Alias, SearchResult
 from .phase import ids_of
 
 OVERLAYS_PER_CATEGORY = 3
-CURVE_SIZE = (480, 240)
+CURVE_SIZE = (480, 260)
 
 
 def curve_png(curve: list[tuple[int, float]], path: Path) -> None:
@@ -46,10 +46,14 @@ def curve_png(curve: list[tuple[int, float]], path: Path) -> None:
     draw.line(
         [point(x, y) for x, y in zip(xs, ys)] if len(xs) > 1 else [point(xs[0], ys[0])] * 2, fill=(0, 90, 200), width=2
     )
-    draw.text((pad, height - pad + 6), f"{int(xs.min())}", fill="black")
-    draw.text((width - pad - 40, height - pad + 6), f"{int(xs.max())} evaluations", fill="black")
-    draw.text((4, pad - 4), f"{high:.2f}", fill="black")
-    draw.text((4, height - pad - 8), f"{low:.2f}", fill="black")
+    for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):  # ticks and their values on both axes
+        x, y = point(xs.min() + fraction * span_x, low + fraction * (high - low))
+        draw.line((x, height - pad, x, height - pad + 4), fill="gray")
+        draw.text((x - 10, height - pad + 6), f"{int(xs.min() + fraction * span_x)}", fill="black")
+        draw.line((pad - 4, y, pad, y), fill="gray")
+        draw.text((2, y - 5), f"{low + fraction * (high - low):.2f}", fill="black")
+    draw.text((pad, 8), "best training score", fill="black")  # the y axis
+    draw.text((width // 2 - 90, height - 14), "evaluations (candidate x training image)", fill="black")
     atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
