@@ -239,6 +239,25 @@ def test_surrogate_false_positive_follows_the_highest_score():
     assert float(surrogate(mx.array(above), *args)) < clean - 0.3 * CFG.negative_penalty
 
 
+def test_surrogate_gradient_is_finite_when_a_negative_image_predicts_nothing_at_all():
+    """A trained model scores a wrong prompt far below the threshold: every soft weight of a
+    negative image underflows to 0, and its (unused) quality must not bring 0/0 into the
+    gradient, which would turn a soft prompt into NaN."""
+    far_below = mx.array(np.full((2, 8), 0.001, np.float32))
+    targets = np.zeros((2, 1, 4, 4), np.float32)
+    targets[0, 0, :2, :2] = 1
+    args = (
+        mx.zeros((2, 8, 4, 4)),
+        mx.array(targets),
+        mx.array([[True], [False]]),
+        mx.ones((2, 4, 4)),
+        mx.zeros((2, 4, 4)),
+        dataclasses.replace(CFG, temperature=0.001),
+    )
+    value, grad = mx.value_and_grad(lambda s: surrogate(s, *args))(far_below)
+    assert np.isfinite(float(value)) and np.isfinite(np.array(grad)).all()
+
+
 def test_surrogate_mask_temperature_sharpens_weak_masks():
     """A model whose mask logits are small (a random one: |logit| ~ 0.2) still cuts its masks at
     0 in the exact score; a mask temperature brings the surrogate's soft IoU close to that."""

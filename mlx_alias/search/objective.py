@@ -242,7 +242,9 @@ def surrogate(
     count = valid.sum(-1)
     in_crowd = (masks @ crowd.reshape(crowd.shape[0], -1, 1))[..., 0] >= CROWD_SHARE * masks.sum(-1)
     dropped = mx.stop_gradient(in_crowd & (matching.sum(-1) == 0))
-    quality = 2 * found.sum(-1) / (mx.where(dropped, 0.0, weight).sum(-1) + count)
+    # at least 1 on a positive; on a negative (quality unused) the floor keeps 0/0 out of the
+    # gradient where every soft weight has underflowed to 0 (scores far below the threshold)
+    quality = 2 * found.sum(-1) / mx.maximum(mx.where(dropped, 0.0, weight).sum(-1) + count, 1e-6)
     # a negative image has a prediction exactly when its highest score passes the threshold
     any_prediction = mx.sigmoid((scores.max(-1) - config.threshold) / config.temperature)
     positive = (count > 0).astype(scores.dtype)
