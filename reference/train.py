@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mlx_alias.config import ModelConfig, tiny_config
+from mlx_alias.files import atomic_write_bytes
 from mlx_alias.image import preprocess
 from mlx_alias.scenes.concepts import WORDS, random_pool, training_queries
 from mlx_alias.scenes.world import SIZE, scene
@@ -280,6 +281,15 @@ def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
     return int(state["step"])
 
 
+def _cut_curve(path: Path, step: int) -> None:
+    """Drop the curve's records after ``step`` (those a killed run wrote past its last
+    checkpoint), which the resumed run writes again."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode())
+
+
 def train(
     out: Path,
     cfg: TrainConfig = TrainConfig(),
@@ -298,6 +308,7 @@ def train(
     step = _restore(out / STATE, model, optimizer, cfg) if (out / STATE).is_file() else 0
     if step:
         log.info("resumed at step %d", step)
+    _cut_curve(out / CURVE, step)
     tokenizer, criterion = load_tokenizer(), find_criterion()
     pool = random_pool(tokenizer)
     mask_size = model_cfg.vision.grid * 4

@@ -9,22 +9,48 @@ from ``--out``'s last checkpoint (every 100 steps), seeing exactly the data an u
 run would; ``--hours`` stops it after that much wall-clock, to go on later. When the steps are
 done, ``--checkpoint`` receives the trained model through the project's own writer
 (``model.safetensors`` in the transformers layout with ``--format hf``, or ``sam3.pt``) and its
-``config.json``, ready for ``mlx-alias convert`` (``--dtype float16`` halves it, as shipped).
-The learning curve is ``--out/curve.jsonl``.
+``config.json``, ready for ``mlx-alias convert`` (``--dtype float16`` halves it, as shipped),
+and ``PROVENANCE.json``: the command, the training settings, the last validation and the
+file's sha256. The learning curve is ``--out/curve.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import shlex
+import sys
 from pathlib import Path
 
 import torch
 
 from mlx_alias.config import tiny_config
+from mlx_alias.digest import hash_file
+from mlx_alias.files import atomic_write_bytes
 from mlx_alias.reference.checkpoint import save_checkpoint
-from mlx_alias.reference.train import TrainConfig, train
+from mlx_alias.reference.train import CURVE, TrainConfig, train
+
+
+def last_validation(curve: Path) -> dict:
+    """The last validation record of a learning curve (the losses left out)."""
+    records = [json.loads(line) for line in curve.read_text().splitlines() if "words_median" in line]
+    keep = ("step", "words_median", "random_max", "random_median")
+    return {k: v for k, v in records[-1].items() if k in keep or k.startswith("word/")} if records else {}
+
+
+def write_provenance(path: Path, cfg: TrainConfig, args: argparse.Namespace, curve: Path) -> None:
+    """PROVENANCE.json beside the written checkpoint: how to make it again, and its digest."""
+    provenance = {
+        "command": shlex.join(["python", "scripts/train_scenes.py", *sys.argv[1:]]),
+        "seed": cfg.seed,
+        "training": dataclasses.asdict(cfg),
+        "dtype": args.dtype,
+        "validation": last_validation(curve),
+        path.name: {"sha256": hash_file(path), "bytes": path.stat().st_size},
+    }
+    atomic_write_bytes(path.parent / "PROVENANCE.json", (json.dumps(provenance, indent=2) + "\n").encode())
 
 
 def main() -> None:
@@ -47,6 +73,7 @@ def main() -> None:
         return
     if args.checkpoint is not None:
         path = save_checkpoint(model, tiny_config(), args.checkpoint, args.format, getattr(torch, args.dtype))
+        write_provenance(path, cfg, args, args.out / CURVE)
         print(f"trained tiny SAM3 ({cfg.steps} steps, seed {cfg.seed}) -> {path}")
 
 

@@ -35,6 +35,8 @@ def test_training_moves_the_weights_and_resumes_to_the_same_ones(tmp_path):
     # stopped after 2 steps (a checkpoint), then resumed in a new call: the same weights, bit for bit
     _, steps = train(tmp_path / "cut", SMALL, until=2)
     assert steps == 2
+    with open(tmp_path / "cut" / CURVE, "a") as curve:  # a killed run got past its checkpoint
+        curve.write(json.dumps({"step": 3, "loss": 0.0}) + "\n")
     cut, steps = train(tmp_path / "cut", SMALL)
     assert steps == SMALL.steps
     resumed = _weights(cut)
@@ -42,6 +44,8 @@ def test_training_moves_the_weights_and_resumes_to_the_same_ones(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "whole" / CURVE).read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4] and "words_median" in records[-1]
     assert all(np.isfinite(r["loss"]) for r in records)
+    resumed_records = [json.loads(line) for line in (tmp_path / "cut" / CURVE).read_text().splitlines()]
+    assert [r["step"] for r in resumed_records] == [1, 2, 3, 4] and resumed_records[2]["loss"] > 0
 
 
 def test_a_resume_with_other_settings_is_refused(tmp_path):
