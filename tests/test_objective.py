@@ -285,8 +285,12 @@ def test_calibrate_scales_unset_temperatures_to_the_outputs():
     assert (scaled.threshold, scaled.negative_penalty) == (unset.threshold, unset.negative_penalty)
     assert calibrate(CFG, scores, 0.2) == CFG  # given temperatures are kept
     assert calibrate(dataclasses.replace(CFG, mask_temperature=None), scores, 0.2).temperature == CFG.temperature
+    # a trained model's random aliases: all near 0, far below the threshold; the soft threshold
+    # must reach them (an eighth of the distance), not only span their tiny spread
+    far = calibrate(unset, np.array([[1e-6, 2e-6], [1e-6, 3e-6]]), 0.2)
+    assert far.temperature == pytest.approx((0.4 - 1.5e-6) / 8)
     with pytest.raises(ValueError, match="give its temperatures"):
-        calibrate(unset, np.full((2, 2), 0.3), 0.2)  # constant scores: nothing to scale to
+        calibrate(unset, np.full((2, 2), 0.4), 0.2)  # constant scores at the threshold: nothing to scale to
 
 
 def test_surrogate_refuses_unset_temperatures():

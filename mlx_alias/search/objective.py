@@ -57,7 +57,9 @@ class ObjectiveConfig:
 # ``calibrate``'s temperatures, as fractions of the model's output spread: the mask temperature
 # makes the median pixel's probability sigmoid(5) = 0.993, as decided as the exact mask's cut;
 # the score temperature is an eighth of the scores' standard deviation, where the surrogate
-# ranks aliases as the exact score does (docs/method.md, "The surrogate").
+# ranks aliases as the exact score does (docs/method.md, "The surrogate"), or of their median's
+# distance from the threshold when that is larger: a trained model scores random aliases near 0,
+# all alike, and a soft threshold as narrow as their spread would give them no gradient at all.
 MASK_LOGITS_PER_TEMPERATURE = 5.0
 SCORE_SPREADS_PER_TEMPERATURE = 8.0
 
@@ -68,13 +70,14 @@ def calibrate(config: ObjectiveConfig, scores: np.ndarray, mask_logits_median: f
     their queries."""
     temperature = config.temperature
     if temperature is None:
-        temperature = float(np.std(scores)) / SCORE_SPREADS_PER_TEMPERATURE
+        spread = max(float(np.std(scores)), abs(config.threshold - float(np.median(scores))))
+        temperature = spread / SCORE_SPREADS_PER_TEMPERATURE
     mask_temperature = config.mask_temperature
     if mask_temperature is None:
         mask_temperature = mask_logits_median / MASK_LOGITS_PER_TEMPERATURE
     if not (temperature > 0 and mask_temperature > 0):  # constant outputs: no gradient to scale
         raise ValueError(
-            f"cannot scale the surrogate to outputs with score spread {np.std(scores):.3g} "
+            f"cannot scale the surrogate to outputs with score spread {np.std(scores):.3g} (median at the threshold) "
             f"and median |mask logit| {mask_logits_median:.3g}: give its temperatures"
         )
     return replace(config, temperature=temperature, mask_temperature=mask_temperature)
