@@ -1,7 +1,11 @@
-"""``mlx-alias demo``: the whole job on an embedded default, with no download. A tiny random
-SAM3 is made and converted, a small synthetic image set is drawn, a hidden prompt is planted
-(``plant``), and the search looks for an alias that reproduces its masks; the result is
-compared with the hidden prompt's own score on the holdout images."""
+"""``mlx-alias demo``: the whole job on the embedded default, with no download and no torch.
+
+The tiny SAM3 trained on the scene world ships with the package (``mlx_alias.scenes``). The
+demo converts it, draws a COCO dataset of scenes whose one category a user has labelled with a
+word the model never saw (a synonym concept: ``LABEL``), searches for an alias, and shows the
+label beside the alias: on the holdout images (the report's overlays: ground truth | label |
+alias) and on unseen scenes of the same world.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from .files import atomic_directory
 
 log = logging.getLogger(__name__)
 
-HIDDEN_PROMPT = "velvet lantern"
-IMAGES = 12
+LABEL = "purple"  # the dataset's name for what the model learned as "violet"
+IMAGES = 24  # the search's dataset: train and holdout
+TEST_IMAGES = 48  # unseen scenes the search never sees
+LENGTHS = (1,)  # the model's own word for the concept is one token
 
 
 def demo(
@@ -29,73 +35,46 @@ def demo(
 
 
 def _demo(out: Path, seed: int, budget: int, on_step: Callable) -> dict:
-    from .convert.convert import convert
     from .data.coco import load_dataset
     from .model.weights import load_model
-    from .plant import MARGIN_SPREADS, plant, planting_rule, synthetic_images
-    from .prediction import make_prompt
+    from .scenes.concepts import CONCEPTS
+    from .scenes.dataset import write_dataset
+    from .scenes.weights import convert_shipped
     from .search.cache import FeatureCache
     from .search.driver import SearchConfig
-    from .search.evaluate import evaluate
     from .search.objective import ObjectiveConfig
+    from .search.phase import ids_of
     from .search.run import run_search
     from .search.task import scorer_for
     from .tokenizer import load_tokenizer
 
-    try:
-        from .config import tiny_config
-        from .reference.build import build_model, shape_tiny
-        from .reference.checkpoint import save_checkpoint
-    except ImportError as exc:
-        raise ImportError(
-            f"demo makes its model through the reference path (pip install 'mlx-alias[reference]'): {exc}"
-        ) from exc
-    cfg = tiny_config()
-    log.info(f"1/4 a tiny random SAM3 (seed {seed})")
-    reference = build_model(cfg, seed=seed, device="cpu")
-    shape_tiny(reference, seed)
-    save_checkpoint(reference, cfg, out / "checkpoint", "sam3")
-    convert(out / "checkpoint", out / "weights")
-    model = load_model(out / "weights")
-    log.info(f"2/4 {IMAGES} synthetic images")
-    paths = synthetic_images(out / "images", IMAGES, seed)
-    hidden_prompt = make_prompt(HIDDEN_PROMPT, None)
-    threshold, margin = planting_rule(model, paths, hidden_prompt.ids, MARGIN_SPREADS)
-    log.info(
-        f"3/4 planting the hidden prompt {HIDDEN_PROMPT!r} (instances: official score > {threshold + margin:.4g}; "
-        f"crowd regions: within {margin:.2g} of {threshold:.4g})"
-    )
-    planted = plant(model, out / "images", hidden_prompt, out / "dataset", threshold=threshold, margin=margin)
-    log.info(
-        f"    {planted.positives} of {planted.images} images hold {planted.instances} instances, "
-        f"{planted.crowd_regions} crowd regions"
-    )
-    dataset = load_dataset(out / "dataset")
+    concept = next(c for c in CONCEPTS if c.label == LABEL)
+    log.info(f"1/4 the tiny SAM3 trained on the scene world (shipped with the package; it never saw {LABEL!r})")
+    model = load_model(convert_shipped(out / "weights"))
+    log.info(f"2/4 {IMAGES} scenes whose category is labelled {LABEL!r}, and {TEST_IMAGES} unseen ones")
+    write_dataset(out / "dataset", [concept], IMAGES, seed)
+    write_dataset(out / "unseen", [concept], TEST_IMAGES, seed, first=IMAGES)
+    dataset, unseen = load_dataset(out / "dataset"), load_dataset(out / "unseen")
     cache = FeatureCache(model, out / "weights", out / "cache")
-    search = SearchConfig(
-        lengths=(len(load_tokenizer().encode(HIDDEN_PROMPT)),),
-        budget=budget,
-        holdout_fraction=0.34,
-        seed=seed,
-        objective=ObjectiveConfig(threshold=threshold),
-    )
-    log.info(f"4/4 searching ({search.lengths[0]}-token aliases, {budget} evaluations)")
+    search = SearchConfig(lengths=LENGTHS, budget=budget, seed=seed, objective=ObjectiveConfig(threshold=0.5))
+    log.info(f"3/4 searching ({' and '.join(map(str, LENGTHS))}-token aliases, {budget} evaluations each)")
     result = run_search(model, cache, dataset, out / "run", search, on_step=on_step)
-
-    def make_scorer(cid: int, ids: list[int]):
-        return scorer_for(model, cache, dataset, cid, ids, search.objective, search.pairs_per_batch)
-
-    # the alias and the hidden prompt on the alias's own holdout images
-    alias_row, hidden_row = evaluate(
-        dataset, load_tokenizer(), make_scorer, which="holdout", aliases=result.aliases, prompts=[HIDDEN_PROMPT]
-    )
     alias = result.aliases[0]
+    log.info("4/4 the label and the alias on the unseen scenes")
+    tokenizer = load_tokenizer()
+    scorer = scorer_for(model, cache, unseen, 1, sorted(unseen.images), search.objective, search.pairs_per_batch)
+    label_unseen, alias_unseen = (
+        r.score for r in scorer.exact(ids_of(tokenizer, [tuple(tokenizer.encode(LABEL)), alias.tokens]))
+    )
     return {
+        "label": LABEL,
         "alias": alias.text,
         "tokens": list(alias.tokens),
-        "alias_holdout": alias_row.score,
-        "hidden_holdout": hidden_row.score,
+        "roundtrip": alias.roundtrip,
+        "label_holdout": alias.baseline.holdout_score,
+        "alias_holdout": alias.holdout_score,
+        "label_unseen": label_unseen,
+        "alias_unseen": alias_unseen,
         "evaluations": alias.evaluations,
-        "threshold": threshold,
-        "margin": margin,
+        "unseen_images": TEST_IMAGES,
     }

@@ -11,21 +11,23 @@ from .console import SearchStatus, console
 
 def command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder to create with everything the demo makes."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the model, the images and the search."),
-    budget: int = typer.Option(1200, "--budget", min=1, help="Exact evaluations the search may spend."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the scenes and the search."),
+    budget: int = typer.Option(
+        1200, "--budget", min=1, help="Exact evaluations the search may spend per alias length."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
-    """The whole job on an embedded default: tiny random SAM3, synthetic images, a planted prompt, a search."""
+    """The whole job on the embedded default: the shipped scene-world SAM3, a dataset labelled with a word it never learned, a search for the alias."""
 
     def action() -> None:
         from mlx_alias.demo import demo
 
         summary = demo(out, seed=seed, budget=budget, overwrite=overwrite, on_step=SearchStatus())
         console.end_status()
-        typer.echo(
-            f"alias {summary['alias']!r} {summary['tokens']}: holdout score {summary['alias_holdout']:.3f} "
-            f"(the hidden prompt: {summary['hidden_holdout']:.3f}) after {summary['evaluations']} evaluations"
-        )
+        typer.echo(f"{'':<28}{'holdout':>9}{'unseen':>9}")
+        for name, text in (("label", repr(summary["label"])), ("alias", f"{summary['alias']!r} {summary['tokens']}")):
+            typer.echo(f"{name + ' ' + text:<28}{summary[name + '_holdout']:>9.3f}{summary[name + '_unseen']:>9.3f}")
+        typer.echo(f"({summary['evaluations']} evaluations; unseen: {summary['unseen_images']} scenes no search saw)")
         typer.echo(f"results in {out / 'run' / 'aliases.json'}, report in {out / 'run' / 'report.md'}")
 
     console.guarded(action)
