@@ -38,12 +38,9 @@ import contextlib
 import gc
 import json
 import platform
-import resource
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +50,6 @@ import mlx_alias  # noqa: F401  (first: it loads MKL for MLX's CPU matmuls befor
 import mlx.core as mx
 import numpy as np
 import torch
-from mlx.utils import tree_flatten
 
 from mlx_alias.config import PRESETS
 from mlx_alias.convert.convert import convert
@@ -65,16 +61,19 @@ from mlx_alias.reference.build import build_model, shape_tiny
 from mlx_alias.reference.checkpoint import save_checkpoint
 from mlx_alias.reference.parity import nchw
 from mlx_alias.reference.scoring import TorchScorer
-from mlx_alias.search.objective import CROWD_SHARE, MaskTarget, ObjectiveConfig, prepare_target
+from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, prepare_target
 from mlx_alias.search.phase import ids_of
 from mlx_alias.search.scorer import DenseTargets, ExactScorer, Scorer
 from mlx_alias.search.soft import CompiledGradient, surrogate_state
 from mlx_alias.tokenizer import load_tokenizer
 
 from baselines import ReencodingScorer
+from timing import Peaks, median_seconds, process_peak_rss_gb
+from torch_surrogate import torch_surrogate
 
 CANDIDATE_LENGTH = 3  # content tokens per random candidate
-GB = 1e9
+# the objective both sides time; the surrogate's temperatures change no timing
+TIMED = ObjectiveConfig(temperature=0.05, mask_temperature=1.0)
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -105,114 +104,6 @@ def random_candidates(count: int, seed: int) -> np.ndarray:
     return ids_of(
         tokenizer, [tuple(int(i) for i in rng.integers(1, tokenizer.sot_id, CANDIDATE_LENGTH)) for _ in range(count)]
     )
-
-
-# --- measuring ---------------------------------------------------------------------------------
-
-
-def force(out: Any) -> None:
-    """Finish the work behind ``out``: MLX's lazy graph and CUDA's queue."""
-    tree = vars(out) if hasattr(out, "__dataclass_fields__") else out
-    arrays = [leaf for _, leaf in tree_flatten(tree) if isinstance(leaf, mx.array)] if tree is not None else []
-    if arrays:
-        mx.eval(arrays)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int, warm_up: bool = True) -> tuple[float, Any]:
-    """The median seconds of ``repeats`` forced runs of ``fn`` (after an untimed one unless
-    ``warm_up`` is False), and the last run's result."""
-    if warm_up:
-        force(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        force(out)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
-class Peaks:
-    """Peak memory per stage, in GB: MLX's allocator, and torch's CUDA allocator where there is one."""
-
-    def __init__(self) -> None:
-        self.mlx: dict[str, float] = {}
-        self.torch: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def mlx_stage(self, name: str) -> Iterator[None]:
-        mx.reset_peak_memory()
-        yield
-        self.mlx[name] = mx.get_peak_memory() / GB
-
-    @contextlib.contextmanager
-    def torch_stage(self, name: str) -> Iterator[None]:
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        yield
-        if torch.cuda.is_available():
-            self.torch[name] = torch.cuda.max_memory_allocated() / GB
-
-
-def process_peak_rss_gb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / GB if sys.platform == "darwin" else peak * 1024 / GB
-
-
-# --- the torch surrogate -----------------------------------------------------------------------
-
-# the objective both sides time; the surrogate's temperatures change no timing
-TIMED = ObjectiveConfig(temperature=0.05, mask_temperature=1.0)
-
-
-def torch_greedy_matching(credit: torch.Tensor) -> torch.Tensor:
-    """``mlx_alias.search.objective.greedy_matching`` in torch."""
-    batch, queries, instances = credit.shape
-    free = credit.reshape(batch, -1).clone()
-    matched = torch.zeros_like(free)
-    flat = torch.arange(queries * instances, device=credit.device)
-    for _ in range(instances):
-        pick = free.argmax(-1, keepdim=True)
-        worth = free.gather(-1, pick) > 0
-        taken = (flat // instances == pick // instances) | (flat % instances == pick % instances)
-        matched = torch.where((flat == pick) & worth, 1.0, matched)
-        free = torch.where(taken, -1.0, free)
-    return matched.reshape(credit.shape).to(credit.dtype)
-
-
-def torch_surrogate(
-    scores: torch.Tensor,
-    mask_logits: torch.Tensor,
-    targets: torch.Tensor,
-    instance_valid: torch.Tensor,
-    keep: torch.Tensor,
-    crowd: torch.Tensor,
-    config: ObjectiveConfig,
-) -> torch.Tensor:
-    """``mlx_alias.search.objective.surrogate``, line for line in torch (the search has no torch
-    soft phase; this gives the reference the same work to differentiate)."""
-    weight = torch.sigmoid((scores - config.threshold) / config.temperature)
-    masks = torch.sigmoid(mask_logits / config.mask_temperature).flatten(2)
-    probs = masks * keep.flatten(1)[:, None]
-    truth = targets.flatten(2)
-    inter = probs @ truth.transpose(1, 2)
-    union = probs.sum(-1)[..., None] + truth.sum(-1)[:, None] - inter
-    soft_iou = inter / union.clamp_min(1e-6)
-    valid = instance_valid.to(scores.dtype)
-    credit = weight[..., None] * soft_iou * valid[:, None]
-    matching = torch_greedy_matching(credit.detach())
-    found = (credit * matching).sum(1)
-    count = valid.sum(-1)
-    in_crowd = (masks @ crowd.flatten(1)[..., None])[..., 0] >= CROWD_SHARE * masks.sum(-1)
-    dropped = (in_crowd & (matching.sum(-1) == 0)).detach()
-    quality = 2 * found.sum(-1) / (torch.where(dropped, 0.0, weight).sum(-1) + count)
-    any_prediction = torch.sigmoid((scores.amax(-1) - config.threshold) / config.temperature)
-    positive = (count > 0).to(scores.dtype)
-    mean_quality = (quality * positive).sum() / positive.sum().clamp_min(1)
-    fp_rate = (any_prediction * (1 - positive)).sum() / (1 - positive).sum().clamp_min(1)
-    return mean_quality - config.negative_penalty * fp_rate
 
 
 # --- the two sides -----------------------------------------------------------------------------
