@@ -139,36 +139,17 @@ def test_the_alias_file_stands_alone(search_weights, planted, finished, tmp_path
 
     # segment applies the alias by its tokens, at the file's threshold
     image = finished / "dataset" / "images" / "synthetic-00.png"
-    result = run_cli(
-        "segment",
-        "--weights",
-        search_weights / "mlx",
-        "--image",
-        image,
-        "--aliases",
-        aliases,
-        "--category",
-        1,
-        "--out",
-        tmp_path / "alias.png",
-    )
+
+    def segment(category: int, out: Path):
+        args = ("--image", image, "--aliases", aliases, "--category", category, "--out", out)
+        return run_cli("segment", "--weights", search_weights / "mlx", *args)
+
+    result = segment(1, tmp_path / "alias.png")
     assert result.exit_code == 0, result.output
     applied = json.loads((tmp_path / "alias.png").with_suffix(".json").read_text())
     assert applied["tokens"] == entry["tokens"] and applied["threshold"] == threshold
     clean_failure(
-        run_cli(
-            "segment",
-            "--weights",
-            search_weights / "mlx",
-            "--image",
-            image,
-            "--aliases",
-            aliases,
-            "--category",
-            5,
-            "--out",
-            tmp_path / "x.png",
-        ),
+        segment(5, tmp_path / "x.png"),
         "hold no alias for category 5",
     )
 
