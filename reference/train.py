@@ -71,6 +71,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     validate_every: int = 250
     validation_scenes: int = 24
+    # a training folder whose last state (weights and Adam moments) this run starts from, with
+    # its own schedule from step 0: a warm restart that adds steps to a finished run (give it
+    # another seed, or it replays the first run's data)
+    init_from: str = ""
 
 
 def find_criterion() -> Sam3LossWrapper:
@@ -268,6 +272,17 @@ def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
             f"{path.parent} holds a training run with other settings ({'; '.join(changed)}); "
             "resume it with the same ones or train into another folder"
         )
+    return _load(state, model, optimizer)
+
+
+def _warm_start(source: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Start from another run's last state; this run's schedule then starts from its step 0."""
+    if not (source / STATE).is_file():
+        raise ValueError(f"{source} holds no training state ({STATE}) to start from")
+    log.info("starting from %s at its step %d", source, _load(load_state(source / STATE), model, optimizer))
+
+
+def _load(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state["model"].items()})
     optim = state["optimizer"]
     optimizer.load_state_dict(
@@ -308,13 +323,17 @@ def train(
     step = _restore(out / STATE, model, optimizer, cfg) if (out / STATE).is_file() else 0
     if step:
         log.info("resumed at step %d", step)
+    elif cfg.init_from:
+        _warm_start(Path(cfg.init_from), model, optimizer)
     _cut_curve(out / CURVE, step)
     tokenizer, criterion = load_tokenizer(), find_criterion()
     pool = random_pool(tokenizer)
     mask_size = model_cfg.vision.grid * 4
     started = time.time()
     with open(out / CURVE, "a") as curve:
-        while step < min(until or cfg.steps, cfg.steps) and (time_limit is None or time.time() - started < time_limit):
+        while step < min(cfg.steps if until is None else until, cfg.steps) and (
+            time_limit is None or time.time() - started < time_limit
+        ):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, cfg)
             batch = batch_at(step, cfg, tokenizer, pool, mask_size)

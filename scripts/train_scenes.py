@@ -1,7 +1,7 @@
 """Train the tiny SAM3 of the scene world and write it as a checkpoint.
 
     python scripts/train_scenes.py --out runs/train [--steps 4000] [--seed 0] [--hours 2]
-        [--checkpoint OUT_DIR] [--format hf]
+        [--checkpoint OUT_DIR] [--format hf] [--init-from runs/earlier --seed 1]
 
 Needs the training extra (``pip install -e '.[train]'``: the reference path plus what
 ``sam3.train`` imports). Training is resumable: run the same command again and it continues
@@ -11,7 +11,8 @@ done, ``--checkpoint`` receives the trained model through the project's own writ
 (``model.safetensors`` in the transformers layout with ``--format hf``, or ``sam3.pt``) and its
 ``config.json``, ready for ``mlx-alias convert`` (``--dtype float16`` halves it, as shipped),
 and ``PROVENANCE.json``: the command, the training settings, the last validation and the
-file's sha256. The learning curve is ``--out/curve.jsonl``.
+file's sha256. ``--init-from`` starts from another run's last state with a schedule of its own
+(a warm restart, to add steps to a finished run). The learning curve is ``--out/curve.jsonl``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from mlx_alias.config import tiny_config
 from mlx_alias.digest import hash_file
 from mlx_alias.files import atomic_write_bytes
 from mlx_alias.reference.checkpoint import save_checkpoint
-from mlx_alias.reference.train import CURVE, TrainConfig, train
+from mlx_alias.reference.train import CURVE, STATE, TrainConfig, train
 
 
 def last_validation(curve: Path) -> dict:
@@ -50,6 +51,8 @@ def write_provenance(path: Path, cfg: TrainConfig, args: argparse.Namespace, cur
         "validation": last_validation(curve),
         path.name: {"sha256": hash_file(path), "bytes": path.stat().st_size},
     }
+    if cfg.init_from:  # the run it started from, by the digest of its last state
+        provenance["init_from"] = {"sha256": hash_file(Path(cfg.init_from) / STATE)}
     atomic_write_bytes(path.parent / "PROVENANCE.json", (json.dumps(provenance, indent=2) + "\n").encode())
 
 

@@ -52,3 +52,15 @@ def test_a_resume_with_other_settings_is_refused(tmp_path):
     train(tmp_path / "run", TrainConfig(**{**SMALL.__dict__, "steps": 2}))
     with pytest.raises(ValueError, match="other settings \\(steps was 2, now 4\\)"):
         train(tmp_path / "run", SMALL)
+
+
+def test_a_warm_start_begins_from_the_other_runs_weights_with_its_own_schedule(tmp_path):
+    first, _ = train(tmp_path / "first", SMALL)
+    warm = TrainConfig(**{**SMALL.__dict__, "seed": 1, "init_from": str(tmp_path / "first")})
+    start, steps = train(tmp_path / "warm", warm, until=0)
+    assert steps == 0
+    assert all(np.array_equal(v, _weights(first)[k]) for k, v in _weights(start).items())
+    _, steps = train(tmp_path / "warm", warm)
+    assert steps == SMALL.steps
+    with pytest.raises(ValueError, match="holds no training state"):
+        train(tmp_path / "cold", TrainConfig(**{**SMALL.__dict__, "init_from": str(tmp_path / "none")}))
