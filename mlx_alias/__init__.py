@@ -1,7 +1,7 @@
 """mlx-alias: find token aliases that make SAM3 segment a concept.
 
 The Python API (``mlx_alias.api``): ``load``, ``find_aliases``, ``load_aliases``, ``Model``,
-``SearchConfig``, ``ObjectiveConfig``, ``SearchResult``, ``Alias``, ``Segmentation``. They are
+``SearchConfig``, ``ClusterConfig``, ``ObjectiveConfig``, ``SearchResult``, ``Alias``, ``Segmentation``. They are
 imported on first use, so that ``import mlx_alias`` stays light (the command line imports only
 what each command needs)."""
 
@@ -16,6 +16,7 @@ _API = {
     "Model": "api",
     "Segmentation": "api",
     "SearchConfig": "search.driver",
+    "ClusterConfig": "search.cluster",
     "ObjectiveConfig": "search.objective",
     "SearchResult": "search.alias_file",
     "Alias": "search.alias_file",

@@ -25,6 +25,7 @@ from .model.sam3 import Sam3
 from .model.weights import load_model
 from .prediction import Instance, predict, text_ids
 from .search.alias_file import Alias, SearchResult, load_alias_file
+from .search.cluster import ClusterConfig
 from .search.driver import SearchConfig, SearchStep
 from .tokenizer import load_tokenizer
 
@@ -86,13 +87,15 @@ def find_aliases(
     resume: bool = False,
     cache: str | Path | None = DEFAULT_CACHE,
     on_step: Callable[[SearchStep], None] = lambda step: None,
+    cluster: ClusterConfig | None = None,
 ) -> SearchResult:
     """Search ``dataset`` (a COCO annotation file, or a folder holding one) for each category's
-    alias (all categories with instances unless ``categories`` names some). ``out`` is the run
-    folder (``aliases.json``, the report, checkpoints; ``resume`` continues a run there); without
-    it the run lives in a temporary folder, removed once the results are returned. ``cache``
-    keeps image features on disk across runs (None: in memory only). ``on_step`` receives every
-    search step's ``SearchStep``; messages go to the ``mlx_alias`` logger."""
+        alias (all categories with instances unless ``categories`` names some). ``out`` is the run
+        folder (``aliases.json``, the report, checkpoints; ``resume`` continues a run there); without
+        it the run lives in a temporary folder, removed once the results are returned. ``cache``
+        keeps image features on disk across runs (None: in memory only). ``on_step`` receives every
+        search step's ``SearchStep``; messages go to the ``mlx_alias`` logger. ``cluster`` spreads the
+    categories over the machines of a Ray cluster (``ClusterConfig``; needs the ``ray`` extra)."""
     from .data.coco import load_dataset
     from .search.cache import FeatureCache
     from .search.run import run_search
@@ -100,9 +103,10 @@ def find_aliases(
     data = load_dataset(Path(dataset), None if images is None else Path(images))
     feature_cache = FeatureCache(model.sam3, model.weights, None if cache is None else Path(cache))
     if out is not None:
-        return run_search(model.sam3, feature_cache, data, Path(out), config, categories, resume, on_step=on_step)
+        return run_search(model.sam3, feature_cache, data, Path(out), config, categories, resume, on_step, cluster)
     with tempfile.TemporaryDirectory(prefix="mlx-alias-run.") as folder:
-        return run_search(model.sam3, feature_cache, data, Path(folder) / "run", config, categories, on_step=on_step)
+        run_dir = Path(folder) / "run"
+        return run_search(model.sam3, feature_cache, data, run_dir, config, categories, False, on_step, cluster)
 
 
 def load_aliases(path: str | Path) -> SearchResult:

@@ -55,3 +55,18 @@ def preload() -> Path | None:
         ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
         LOADED = path
     return LOADED
+
+
+def set_threads(count: int) -> int | None:
+    """Make the preloaded MKL run its matmuls on ``count`` threads; returns the number MKL now
+    reports (None where no MKL is loaded: Accelerate and CUDA manage their own). MKL otherwise
+    follows ``OMP_NUM_THREADS``, which Ray sets to 1 in an actor that reserved no CPUs."""
+    if LOADED is None:
+        return None
+    ctypes.CDLL(str(LOADED)).MKL_Set_Num_Threads(ctypes.c_int(count))
+    return threads()
+
+
+def threads() -> int | None:
+    """The threads the preloaded MKL runs on (None where no MKL is loaded)."""
+    return None if LOADED is None else int(ctypes.CDLL(str(LOADED)).MKL_Get_Max_Threads())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -10,6 +11,9 @@ import pytest
 
 from mlx_alias.config import tiny_config
 
+# Ray on Linux advertises the machine's network address for a cluster's nodes unless this is
+# set before `import ray`: the cluster tests must stay on loopback (tests/test_cluster.py).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 warnings.filterwarnings("ignore", module="sam3")  # sam3 warns about CUDA autocast at import
 # The benchmarks import their baselines (benchmarks/baselines.py) by name, as when run as scripts.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -70,15 +70,29 @@ def command(
     ),
     cache: Path = typer.Option(CACHE, "--cache", help="Image feature cache folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT."),
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        help="Spread the categories over a Ray cluster: its address (auto, HOST:PORT), or 'local' "
+        "to start Ray on this machine with --workers workers.",
+    ),
+    workers: int = typer.Option(
+        None, "--workers", min=1, help="With --ray local: workers sharing this machine's CPUs (default 2)."
+    ),
 ) -> None:
     """Search SAM3's token space for the alias that best reproduces each category's masks."""
 
     def action() -> None:
         from mlx_alias.data.coco import load_dataset
         from mlx_alias.search.cache import FeatureCache
+        from mlx_alias.search.cluster import ClusterConfig
         from mlx_alias.search.driver import SearchConfig
         from mlx_alias.search.objective import ObjectiveConfig
         from mlx_alias.search.run import run_search
+
+        if workers is not None and ray != "local":
+            raise ValueError("--workers applies to --ray local only (a cluster has one worker per machine)")
+        cluster = None if ray is None else ClusterConfig(ray, workers or ClusterConfig.workers)
 
         cfg = SearchConfig(
             lengths=tuple(dict.fromkeys(lengths)),
@@ -98,7 +112,7 @@ def command(
         feature_cache = FeatureCache(model, weights, cache)
 
         result = run_search(
-            model, feature_cache, data, out, cfg, category_ids(categories), resume, on_step=SearchStatus()
+            model, feature_cache, data, out, cfg, category_ids(categories), resume, SearchStatus(), cluster
         )
         console.end_status()
         for alias in result.aliases:

@@ -100,6 +100,7 @@ class FeatureCache:
         self.model = model
         self.weights_dir = Path(weights_dir)
         self.memory_items = memory_items
+        self.directory = None if directory is None else Path(directory)
         self.stats = CacheStats()
         self._memory: OrderedDict[str, list[mx.array]] = OrderedDict()
         self.fingerprint = weights_fingerprint(weights_dir, directory)

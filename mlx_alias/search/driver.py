@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from .task import CategoryTask
 from .vocab import allowed_tokens
 
 PERFECT = 1.0 - 1e-9
+T = TypeVar("T")
 CALIBRATION_PROMPTS = 8  # random aliases grounded to scale the surrogate's temperatures
 CALIBRATION_STREAM = 1  # keeps their generator apart from the search's own ([seed, category])
 # The phases that climb the surrogate: only they need its temperatures scaled (an evolution-only
@@ -279,9 +281,10 @@ class CategorySearch:
         self.saved = None
         return phase, rng_before
 
-    def run_phase(self, name: str, best: Candidate) -> Candidate:
+    def run_phase(self, name: str, best: Candidate) -> Generator[SearchStep, None, Candidate]:
         """Step the round's current phase until it stops, its share of the budget is spent, or an
-        alias scores perfectly; checkpoint after every step."""
+        alias scores perfectly; checkpoint after every step, and yield the step once its
+        checkpoint is written. Returns the best candidate."""
         cfg, at, task = self.cfg, self.at, self.task
         # each round shares out what is left of the budget as the first round did
         limit = at.spent + int((cfg.budget - at.spent) * sum(cfg.shares[: at.phase + 1]))
@@ -292,13 +295,13 @@ class CategorySearch:
             best = self.best()
             if self.curve[-1] != (task.train.evaluations, best.score):  # gradient steps spend nothing
                 self.curve.append((task.train.evaluations, best.score))
-            self.on_step(
-                SearchStep(task.category.label, self.length, name, task.train.evaluations, cfg.budget, best.score)
-            )
+            step = SearchStep(task.category.label, self.length, name, task.train.evaluations, cfg.budget, best.score)
+            self.on_step(step)
             if self.state_path is not None:
                 save_state(
                     self.state_path, _checkpoint(self.ctx, self.curve, self.starts, at, rng_before, phase.state())
                 )
+            yield step
         return best
 
     def next_phase(self) -> None:
@@ -319,7 +322,9 @@ class CategorySearch:
         )
         self.starts = None
 
-    def run(self) -> Outcome:
+    def steps(self) -> Generator[SearchStep, None, Outcome]:
+        """The search, one step at a time: yields each step once its checkpoint is written (so
+        that a caller may ship the checkpoint elsewhere) and returns the outcome."""
         cfg, train = self.cfg, self.task.train
         self.start_or_resume()
         best = self.best()
@@ -327,10 +332,22 @@ class CategorySearch:
             if self.starts is None:  # 1. a new round: fresh random starts, away from the last round's basin
                 self.starts = _random_starts(self.ctx, cfg, [])
             while self.at.phase < len(cfg.phases) and best.score < PERFECT:  # 2. its phases in turn
-                best = self.run_phase(cfg.phases[self.at.phase], best)
+                best = yield from self.run_phase(cfg.phases[self.at.phase], best)
                 self.next_phase()
             self.close_round(best)  # 3. the round's end: did it find a better alias?
         return Outcome(best, train.evaluations, self.curve, self.at.round, self.ctx.objective)
+
+    def run(self) -> Outcome:
+        return drain(self.steps())
+
+
+def drain(steps: Generator[object, None, T]) -> T:
+    """Run a step generator to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def search_category(

@@ -9,28 +9,27 @@ killed run resumes with ``--resume`` from its last step.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlx.core as mx
 
 from mlx_alias.data.coco import Dataset, DatasetError
 from mlx_alias.data.fingerprint import fingerprint_dataset
-from mlx_alias.data.split import caution, describe
 from mlx_alias.model.sam3 import Sam3
 from mlx_alias.tokenizer import load_tokenizer
 
-from .alias_file import ALIASES_FORMAT, Alias, LabelScore, LengthBest, SearchResult, Skipped
+from .alias_file import ALIASES_FORMAT, Alias, SearchResult, Skipped
 from .batching import pairs_for
 from .cache import FeatureCache
-from .driver import SearchConfig, SearchStep, search_category
-from .phase import ids_of
+from .category import category_steps, state_name
+from .cluster import ClusterConfig, search_on_cluster
+from .driver import SearchConfig, SearchStep, drain
 from .report import write_report
 from .run_folder import ALIASES, STATE, RunError, claim, recorded_path, write_json
-from .task import category_task
+from .worker import WorkerJob, portable
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,19 @@ def choose_categories(dataset: Dataset, categories: list[int] | None) -> tuple[l
     return chosen, skipped
 
 
+def _worker_job(model: Sam3, cache: FeatureCache, dataset: Dataset, settings: dict) -> WorkerJob:
+    return WorkerJob(
+        weights=portable(cache.weights_dir),
+        dtype=str(model.dtype).removeprefix("mlx.core."),
+        annotations=portable(dataset.annotation_file),
+        images=portable(dataset.image_root),
+        cache=portable(cache.directory),
+        weights_sha256=settings["weights"]["sha256"],
+        dataset={k: v for k, v in settings["dataset"].items() if k != "path"},
+        threads=1,  # set per node by the driver
+    )
+
+
 def _with_batch(
     cfg: SearchConfig, model: Sam3, cache: FeatureCache, dataset: Dataset, recorded: dict | None
 ) -> SearchConfig:
@@ -79,21 +91,6 @@ def _with_batch(
     return dataclasses.replace(cfg, pairs_per_batch=pairs)
 
 
-def score_texts(task_scorer, tokenizer, texts: list[str]) -> list[float]:
-    return [r.score for r in task_scorer.exact(tokenizer(texts))]
-
-
-def _joined_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
-    """The lengths' score curves one after another: (evaluations spent in all, best so far)."""
-    joined, spent, best = [], 0, -float("inf")
-    for curve in curves:
-        for evaluations, score in curve:
-            best = max(best, score)
-            joined.append((spent + evaluations, best))
-        spent += curve[-1][0]
-    return joined
-
-
 def _finished(document: dict | None, path: Path) -> list[Alias]:
     if document is None:
         return []
@@ -107,47 +104,24 @@ def _finished(document: dict | None, path: Path) -> list[Alias]:
         ) from None
 
 
-def _alias(task, outcomes, tokenizer) -> Alias:
-    # the best train score; of equals, the shortest alias
-    best = max((o.best for o in outcomes), key=lambda c: (c.score, -len(c.tokens)))
-    baseline = None
-    if task.category.name:
-        name = task.category.name
-        baseline = LabelScore(
-            name,
-            score_texts(task.train, tokenizer, [name])[0],
-            score_texts(task.holdout, tokenizer, [name])[0] if task.holdout else None,
+def _search_here(
+    model: Sam3,
+    cache: FeatureCache,
+    dataset: Dataset,
+    cfg: SearchConfig,
+    todo: list[tuple[int, int]],
+    count: int,
+    state_dir: Path,
+    on_step: Callable[[SearchStep], None],
+) -> Iterator[Alias]:
+    """Search the categories ``todo`` ((place in the run, category id)) in this process, one
+    after another; yields each alias."""
+    tokenizer = load_tokenizer()
+    for number, category_id in todo:
+        yield drain(
+            category_steps(model, cache, dataset, tokenizer, cfg, category_id, state_dir, number, count, on_step)
         )
-    return Alias(
-        category_id=task.category.id,
-        tokens=best.tokens,
-        name=task.category.name,
-        text=tokenizer.decode(best.tokens),
-        roundtrip=tokenizer.roundtrips(best.tokens),
-        train_score=best.score,
-        holdout_score=task.holdout.exact(ids_of(tokenizer, [best.tokens]))[0].score if task.holdout else None,
-        baseline=baseline,
-        evaluations=sum(o.evaluations for o in outcomes),
-        split=task.split,
-        curve=tuple(_joined_curve([o.curve for o in outcomes])),
-        lengths=tuple(
-            LengthBest(
-                len(o.best.tokens),
-                o.best.tokens,
-                tokenizer.decode(o.best.tokens),
-                o.best.score,
-                o.evaluations,
-                None
-                if o.surrogate is None
-                else {"score": o.surrogate.temperature, "mask": o.surrogate.mask_temperature},
-            )
-            for o in outcomes
-        ),
-    )
-
-
-def _numbered(on_step: Callable[[SearchStep], None], number: int, count: int, step: SearchStep) -> None:
-    on_step(dataclasses.replace(step, number=number, count=count))
+        mx.clear_cache()
 
 
 def run_search(
@@ -159,11 +133,13 @@ def run_search(
     categories: list[int] | None = None,
     resume: bool = False,
     on_step: Callable[[SearchStep], None] = lambda step: None,
+    cluster: ClusterConfig | None = None,
 ) -> SearchResult:
     """Search each category (all that have instances when ``categories`` is None) into
     ``run_dir``, or resume the run there; returns what ``aliases.json`` holds. Messages go to the
-    ``mlx_alias`` logger; ``on_step`` receives every search step (``SearchStep``)."""
-    tokenizer = load_tokenizer()
+    ``mlx_alias`` logger; ``on_step`` receives every search step (``SearchStep``; on a cluster,
+    the steps whose checkpoints arrive). With ``cluster`` the categories are spread over its
+    machines (``cluster.py``); the run folder, written here alone, is the same."""
     chosen, skipped = choose_categories(dataset, categories)
     for item in skipped:
         log.info("%s: skipped, %s", dataset.categories[item.category_id].label, item.reason)
@@ -188,33 +164,19 @@ def run_search(
         result = SearchResult(
             entries, skipped, cfg.objective, cfg.holdout_fraction, cfg.seed, settings["weights"], settings["dataset"]
         )
-        for number, category_id in enumerate(chosen, start=1):
-            if category_id in finished:
-                continue
-            task = category_task(
-                model,
-                cache,
-                dataset,
-                category_id,
-                holdout_fraction=cfg.holdout_fraction,
-                seed=cfg.seed,
-                config=cfg.objective,
-                pairs_per_batch=cfg.pairs_per_batch,
-            )
-            log.info("%s (%d of %d): %s", task.category.label, number, len(chosen), describe(task.split))
-            if warning := caution(task.split):
-                log.warning("%s: %s", task.category.label, warning)
-            states = [run_dir / STATE / f"{category_id}-{length}.safetensors" for length in cfg.lengths]
-            numbered = functools.partial(_numbered, on_step, number, len(chosen))
-            outcomes = [
-                search_category(task, model, tokenizer, cfg, length, state, numbered)
-                for length, state in zip(cfg.lengths, states)
-            ]
-            result.aliases.append(_alias(task, outcomes, tokenizer))
+        todo = [(number, c) for number, c in enumerate(chosen, start=1) if c not in finished]
+        if cluster is None:
+            found = _search_here(model, cache, dataset, cfg, todo, len(chosen), run_dir / STATE, on_step)
+        else:
+            job = _worker_job(model, cache, dataset, settings)
+            found = search_on_cluster(cluster, job, cfg, todo, len(chosen), run_dir / STATE, on_step)
+        place = {c: i for i, c in enumerate(chosen)}
+        for alias in found:  # aliases.json in the order of the category list, whatever order they finish in
+            result.aliases.append(alias)
+            result.aliases.sort(key=lambda a: place[a.category_id])
             write_json(run_dir / ALIASES, result.to_json())
-            for state in states:
-                state.unlink(missing_ok=True)
-            mx.clear_cache()
+            for length in cfg.lengths:
+                (run_dir / STATE / state_name(alias.category_id, length)).unlink(missing_ok=True)
         write_json(run_dir / ALIASES, result.to_json())
         write_report(model, dataset, result, run_dir)
     return result
