@@ -159,6 +159,17 @@ def test_a_node_with_other_weights_is_refused(cluster, in_home, single, tmp_path
     assert not differing(found, single)  # the two other workers did the run
 
 
+def test_a_run_started_in_one_process_resumes_on_the_cluster(cluster, in_home, single_run, single, tmp_path):
+    """The one-process run, as if stopped after its first category, resumed with ``--resume`` on
+    the cluster: the same aliases.json as the uninterrupted run."""
+    run = tmp_path / "run"
+    shutil.copytree(single_run, run)
+    aliases = json.loads((run / "aliases.json").read_text())
+    aliases["aliases"] = aliases["aliases"][:1]
+    (run / "aliases.json").write_text(json.dumps(aliases))
+    assert not differing(_search(in_home, run, ClusterConfig(cluster.address), resume=True), single)
+
+
 def test_a_damaged_checkpoint_is_named_by_its_path_in_the_run_folder(cluster, in_home, single_run, tmp_path):
     """A resume on the cluster whose category 3 left a damaged checkpoint: refused in one
     sentence naming the run folder's file (not a worker's copy of it)."""
