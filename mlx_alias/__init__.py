@@ -1,8 +1,8 @@
 """mlx-alias: find token aliases that make SAM3 segment a concept.
 
 The Python API (``mlx_alias.api``): ``load``, ``find_aliases``, ``load_aliases``, ``Model``,
-``SearchConfig``, ``ClusterConfig``, ``ObjectiveConfig``, ``SearchResult``, ``Alias``, ``Segmentation``. They are
-imported on first use, so that ``import mlx_alias`` stays light (the command line imports only
+``SearchConfig``, ``ClusterConfig``, ``ObjectiveConfig``, ``SearchResult``, ``Alias``,
+``Segmentation``. They are imported on first use, so that ``import mlx_alias`` stays light (the command line imports only
 what each command needs)."""
 
 from . import blas

@@ -90,11 +90,11 @@ def find_aliases(
     cluster: ClusterConfig | None = None,
 ) -> SearchResult:
     """Search ``dataset`` (a COCO annotation file, or a folder holding one) for each category's
-        alias (all categories with instances unless ``categories`` names some). ``out`` is the run
-        folder (``aliases.json``, the report, checkpoints; ``resume`` continues a run there); without
-        it the run lives in a temporary folder, removed once the results are returned. ``cache``
-        keeps image features on disk across runs (None: in memory only). ``on_step`` receives every
-        search step's ``SearchStep``; messages go to the ``mlx_alias`` logger. ``cluster`` spreads the
+    alias (all categories with instances unless ``categories`` names some). ``out`` is the run
+    folder (``aliases.json``, the report, checkpoints; ``resume`` continues a run there); without
+    it the run lives in a temporary folder, removed once the results are returned. ``cache``
+    keeps image features on disk across runs (None: in memory only). ``on_step`` receives every
+    search step's ``SearchStep``; messages go to the ``mlx_alias`` logger. ``cluster`` spreads the
     categories over the machines of a Ray cluster (``ClusterConfig``; needs the ``ray`` extra)."""
     from .data.coco import load_dataset
     from .search.cache import FeatureCache

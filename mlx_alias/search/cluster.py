@@ -15,6 +15,7 @@ Everything crossing Ray is small and plain: settings, checkpoint bytes, alias JS
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import deque
@@ -97,7 +98,7 @@ def _start_workers(job: WorkerJob) -> list[_Worker]:
                 resources={RESOURCE: 1},
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
             )
-            actors.append((options.remote(WorkerJob(**{**job.__dict__, "threads": threads})), threads))
+            actors.append((options.remote(dataclasses.replace(job, threads=threads)), threads))
     if not actors:
         raise RunError(
             f"no node of the Ray cluster offers the {RESOURCE!r} resource: start each machine's Ray with "

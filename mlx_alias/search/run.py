@@ -71,7 +71,7 @@ def _worker_job(model: Sam3, cache: FeatureCache, dataset: Dataset, settings: di
         cache=portable(cache.directory),
         weights_sha256=settings["weights"]["sha256"],
         dataset={k: v for k, v in settings["dataset"].items() if k != "path"},
-        threads=1,  # set per node by the driver
+        threads=1,  # each node's share of its CPUs replaces it (cluster._start_workers)
     )
 
 

@@ -25,7 +25,6 @@ from mlx_alias import blas
 from mlx_alias.data.coco import load_dataset
 from mlx_alias.data.fingerprint import fingerprint_dataset
 from mlx_alias.files import atomic_write_bytes
-from mlx_alias.model.weights import load_model
 from mlx_alias.tokenizer import load_tokenizer
 
 from .cache import FeatureCache
@@ -69,11 +68,9 @@ class SearchWorker:
         self.refusal: str | None = None
         try:
             self.dataset = load_dataset(_local(job.annotations), _local(job.images))
-            model = load_model(_local(job.weights))
-            if job.dtype is not None:
-                import mlx.core as mx
+            from mlx_alias.api import load  # here: the API imports the cluster, which imports this
 
-                model.set_dtype(getattr(mx, job.dtype))
+            model = load(_local(job.weights), job.dtype).sam3
             self.cache = FeatureCache(model, _local(job.weights), _local(job.cache))
             self.model, self.tokenizer = model, load_tokenizer()
             if self.cache.fingerprint != job.weights_sha256:
