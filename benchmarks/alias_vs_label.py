@@ -1,7 +1,8 @@
 """Alias against label on the scene world, with the trained tiny SAM3 that ships with the package.
 
     python benchmarks/alias_vs_label.py [--concepts hexagon purple ...] [--search-seeds 0 100]
-        [--images 24] [--test-images 48] [--budget 1200] [--lengths 1 2] [--json]
+        [--images 24] [--test-images 48] [--budget 1200] [--lengths 1 2]
+        [--phases soft,evolution,gcg] [--gcg-far 64] [--json]
 
 For each concept (``mlx_alias.scenes.concepts.CONCEPTS``: synonyms, named, composites) a COCO
 dataset of ``--images`` scenes is drawn from the renderer's ground truth, with one category
@@ -17,6 +18,7 @@ median of alias / oracle (synonyms), alias / label (named) and alias - best word
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -64,6 +66,10 @@ def run_concept(model, cache, concept: Concept, args, root: Path) -> list[dict]:
             seed=search_seed,
             objective=objective,
         )
+        if args.phases:
+            cfg = cfg.with_phases(tuple(args.phases.split(",")))
+        if args.gcg_far is not None:
+            cfg = dataclasses.replace(cfg, gcg=dataclasses.replace(cfg.gcg, far=args.gcg_far))
         task = category_task(
             model,
             cache,
@@ -144,6 +150,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=SearchConfig().budget)
     parser.add_argument("--lengths", nargs="*", type=int, default=[1, 2])
     parser.add_argument("--holdout", type=float, default=SearchConfig().holdout_fraction)
+    parser.add_argument("--phases", help="comma-separated search phases (default: the search's)")
+    parser.add_argument("--gcg-far", type=int, help="GCG's far tokens per position (default: the search's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     concepts = [c for c in CONCEPTS if not args.concepts or c.label in args.concepts]

@@ -53,6 +53,7 @@ from mlx_alias.prediction import make_prompt
 from mlx_alias.reference.build import build_model, shape_tiny, sharpen_scores
 from mlx_alias.reference.checkpoint import save_checkpoint
 from mlx_alias.search.cache import FeatureCache
+from mlx_alias.search.discrete import GcgConfig
 from mlx_alias.search.driver import SearchConfig, search_category
 from mlx_alias.search.objective import ObjectiveConfig
 from mlx_alias.search.phase import ids_of
@@ -63,6 +64,8 @@ from baselines import SEED_STYLE, ReencodingScorer
 
 METHODS = {
     "full": {},
+    # GCG's swaps from the current tokens' embedding neighbours only, without the far tokens
+    "full, near gcg": {"gcg": GcgConfig(far=0)},
     "soft only": {"phases": ("soft",), "shares": (1.0,)},
     "gcg only": {"phases": ("gcg",), "shares": (1.0,)},
     "evolution only": {"phases": ("evolution",), "shares": (1.0,)},

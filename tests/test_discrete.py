@@ -96,12 +96,29 @@ def test_gcg_score_never_decreases_and_keeps_the_best(gcg_run):
 def test_gcg_neighbour_swaps_stay_near_the_current_tokens(world):
     context, starts = world
     ctx = context()
-    phase = GcgPhase(ctx, replace(GCG, neighbours=8, top_k=4), starts[0])
+    phase = GcgPhase(ctx, replace(GCG, neighbours=8, top_k=4, far=0), starts[0])
     near = Neighbours(ctx.embeddings(), ctx.allowed, 8)
     top = phase.top()
     assert top.shape == (4, 4)
     for position, token in enumerate(starts[0].tokens):
         assert set(top[position].tolist()) <= set(near(token).tolist())
+
+
+def test_gcg_far_swaps_are_the_largest_gradients_beyond_the_neighbours(world):
+    context, starts = world
+    ctx, tokens = context(), starts[0].tokens
+    phase = GcgPhase(ctx, replace(GCG, neighbours=8, top_k=4, far=6), starts[0])
+    near = Neighbours(ctx.embeddings(), ctx.allowed, 8)
+    top = phase.top()
+    assert top.shape == (4, 10)
+    gradient = token_gradients(ctx, tokens, ctx.embeddings().astype(mx.float32))
+    for position, token in enumerate(tokens):
+        assert set(top[position, :4].tolist()) <= set(near(token).tolist())
+        beyond = ctx.allowed.copy()
+        beyond[near(token)] = False
+        beyond[token] = False
+        row = np.where(beyond, gradient[position], -np.inf)
+        assert list(top[position, 4:]) == list(np.argsort(-row, kind="stable")[:6])
 
 
 def test_top_k_are_the_largest_one_hot_gradients(world, search_model):

@@ -72,6 +72,10 @@ class GcgConfig:
     # When > 0, a position's top-k is drawn from its token's nearest allowed tokens by cosine
     # only: the one-hot gradient is a linear estimate, trustworthy near the current token.
     neighbours: int = 64
+    # With neighbours, also this many per position from the whole vocabulary's gradient top-k:
+    # in a trained model the gradient points to a far word that means the concept (the scene
+    # model's oracle word ranks 0-111 of 49,405 from most starts), which no neighbour reaches.
+    far: int = 64
 
 
 class GcgPhase:
@@ -96,19 +100,26 @@ class GcgPhase:
         return self.current  # only improvements are accepted
 
     def top(self) -> np.ndarray:
-        """[L, k] candidate tokens per position of the current alias."""
+        """[L, k] candidate tokens per position of the current alias (the neighbours' top-k, then
+        the far top-k)."""
         if self._top is None:
             if self._table is None:
                 self._table = self.ctx.embeddings().astype(mx.float32)
             gradient = token_gradients(self.ctx, self.current.tokens, self._table)
-            allowed = self.ctx.allowed
-            if self.config.neighbours:
-                if self._near is None:
-                    self._near = Neighbours(self._table, self.ctx.allowed, self.config.neighbours)
-                allowed = np.zeros((len(self.current.tokens), len(allowed)), bool)
-                for position, token in enumerate(self.current.tokens):
-                    allowed[position, self._near(token)] = True
-            self._top = top_tokens(gradient, allowed, self.current.tokens, self.config.top_k)
+            tokens, cfg = self.current.tokens, self.config
+            if not cfg.neighbours:
+                self._top = top_tokens(gradient, self.ctx.allowed, tokens, cfg.top_k)
+                return self._top
+            if self._near is None:
+                self._near = Neighbours(self._table, self.ctx.allowed, cfg.neighbours)
+            near = np.zeros((len(tokens), len(self.ctx.allowed)), bool)
+            for position, token in enumerate(tokens):
+                near[position, self._near(token)] = True
+            # the far pool leaves out the near one's tokens, so a far token is a far one
+            pools = [top_tokens(gradient, near, tokens, cfg.top_k)]
+            if cfg.far:
+                pools.append(top_tokens(gradient, self.ctx.allowed & ~near, tokens, cfg.far))
+            self._top = np.concatenate(pools, axis=1)
         return self._top
 
     def sample(self, top: np.ndarray) -> list[Tokens]:
