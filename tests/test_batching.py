@@ -26,7 +26,9 @@ def first(mlx_model, image):
 def test_grounding_memory_grows_linearly_with_the_pairs(mlx_model, first):
     _grounding_peak(mlx_model, first, 1)  # the first call allocates what later ones reuse
     two, four, eight = (_grounding_peak(mlx_model, first, n) for n in (2, 4, 8))
-    assert two > 0 and (eight - four) == pytest.approx(2 * (four - two), rel=0.05)
+    # Peaks vary by about a tenth from run to run in the full suite (36.5 MB against 33.0 MB
+    # once); growth quadratic in the pairs would be 2x off, far outside this tolerance.
+    assert two > 0 and (eight - four) == pytest.approx(2 * (four - two), rel=0.2)
 
 
 def test_the_chosen_batch_fits_its_share_of_free_memory(mlx_model, image, first):
