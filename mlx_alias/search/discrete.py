@@ -69,12 +69,12 @@ class GcgConfig:
     candidates: int = 64  # swaps sampled (then deduplicated) and scored exactly per step
     top_k: int = 16  # tokens per position to sample from, by one-hot gradient
     swaps_per_candidate: int = 1  # positions changed per candidate
-    # When > 0, a position's top-k is drawn from its token's nearest allowed tokens by cosine
-    # only: the one-hot gradient is a linear estimate, trustworthy near the current token.
+    # When > 0, a position's top-k is drawn from its token's nearest allowed tokens by cosine:
+    # the one-hot gradient is a linear estimate, trustworthy near the current token.
     neighbours: int = 64
-    # With neighbours, also this many per position from the whole vocabulary's gradient top-k:
-    # in a trained model the gradient points to a far word that means the concept (the scene
-    # model's oracle word ranks 0-111 of 49,405 from most starts), which no neighbour reaches.
+    # With neighbours, also this many per position from the gradient's top over the rest of the
+    # vocabulary: in a trained model it points to a far word that means the concept, which no
+    # neighbour reaches (docs/method.md, "Phases").
     far: int = 64
 
 
@@ -106,21 +106,22 @@ class GcgPhase:
             if self._table is None:
                 self._table = self.ctx.embeddings().astype(mx.float32)
             gradient = token_gradients(self.ctx, self.current.tokens, self._table)
-            tokens, cfg = self.current.tokens, self.config
-            if not cfg.neighbours:
-                self._top = top_tokens(gradient, self.ctx.allowed, tokens, cfg.top_k)
-                return self._top
-            if self._near is None:
-                self._near = Neighbours(self._table, self.ctx.allowed, cfg.neighbours)
-            near = np.zeros((len(tokens), len(self.ctx.allowed)), bool)
-            for position, token in enumerate(tokens):
-                near[position, self._near(token)] = True
-            # the far pool leaves out the near one's tokens, so a far token is a far one
+            tokens, cfg, allowed = self.current.tokens, self.config, self.ctx.allowed
+            near = self.near_mask() if cfg.neighbours else allowed
             pools = [top_tokens(gradient, near, tokens, cfg.top_k)]
-            if cfg.far:
-                pools.append(top_tokens(gradient, self.ctx.allowed & ~near, tokens, cfg.far))
+            if cfg.neighbours and cfg.far:  # disjoint from the neighbours' pool
+                pools.append(top_tokens(gradient, allowed & ~near, tokens, cfg.far))
             self._top = np.concatenate(pools, axis=1)
         return self._top
+
+    def near_mask(self) -> np.ndarray:
+        """bool [L, vocab]: each position's token's allowed embedding neighbours."""
+        if self._near is None:
+            self._near = Neighbours(self._table, self.ctx.allowed, self.config.neighbours)
+        near = np.zeros((len(self.current.tokens), len(self.ctx.allowed)), bool)
+        for position, token in enumerate(self.current.tokens):
+            near[position, self._near(token)] = True
+        return near
 
     def sample(self, top: np.ndarray) -> list[Tokens]:
         """Distinct candidates, each the current alias with ``swaps_per_candidate`` positions
