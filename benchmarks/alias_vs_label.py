@@ -39,6 +39,7 @@ from mlx_alias.search.task import category_task, scorer_for
 from mlx_alias.tokenizer import load_tokenizer
 
 THRESHOLD = 0.5  # sam3's own: the trained model is calibrated
+KNOWN = 0.1  # a word scoring under this on the test scenes is one the model does not know (random captions score 0)
 
 
 def _words() -> list[str]:
@@ -110,7 +111,10 @@ def run_concept(model, cache, concept: Concept, args, root: Path) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> dict[str, dict]:
-    """Per family: the median of the figure its acceptance reads, and how many searches."""
+    """Per family: the median of the figure its acceptance reads, and how many searches. A ratio
+    needs a base the model knows: synonyms whose oracle, named concepts whose label scores under
+    ``KNOWN`` on the test scenes are left out of the ratio's median (and counted), as a ratio to
+    a score of about zero is noise."""
     out = {}
     for family, figure in (
         ("synonym", "alias / oracle"),
@@ -120,22 +124,24 @@ def summary(rows: list[dict]) -> dict[str, dict]:
         chosen = [r for r in rows if r["family"] == family]
         if not chosen:
             continue
-        if family == "composite":
-            values = [r["alias_test"] - r["best_word_test"] for r in chosen]
-        else:
-            base = "oracle_test" if family == "synonym" else "label_test"
-            values = [r["alias_test"] / r[base] if r[base] > 0 else float("nan") for r in chosen]
         out[family] = {
             "figure": figure,
-            "median": statistics.median(values),
             "searches": len(chosen),
             "alias_test_median": statistics.median(r["alias_test"] for r in chosen),
             "label_test_median": statistics.median(r["label_test"] for r in chosen),
         }
-        if family == "synonym":
-            out[family]["alias_over_label_median"] = statistics.median(
-                r["alias_test"] / r["label_test"] if r["label_test"] > 0 else float("inf") for r in chosen
-            )
+        if family == "composite":
+            out[family]["median"] = statistics.median(r["alias_test"] - r["best_word_test"] for r in chosen)
+            continue
+        base = "oracle_test" if family == "synonym" else "label_test"
+        known = [r for r in chosen if r[base] >= KNOWN]
+        out[family].update(
+            median=statistics.median(r["alias_test"] / r[base] for r in known) if known else None,
+            unknown_base=len(chosen) - len(known),
+        )
+        if family == "synonym" and known:
+            out[family]["alias_test_median_known"] = statistics.median(r["alias_test"] for r in known)
+            out[family]["label_test_median_known"] = statistics.median(r["label_test"] for r in known)
     return out
 
 
@@ -180,8 +186,10 @@ def main() -> None:
             f"{r['label_test']:6.3f} {oracle:>6s} {word:>6s} {r['evaluations']:6d} {r['seconds']:6.0f}"
         )
     for family, s in result["summary"].items():
+        median = "n/a" if s["median"] is None else f"{s['median']:.3f}"
+        left_out = f", {s['unknown_base']} left out: base under {KNOWN}" if s.get("unknown_base") else ""
         print(
-            f"{family}: median {s['figure']} {s['median']:.3f} over {s['searches']} searches "
+            f"{family}: median {s['figure']} {median} over {s['searches']} searches{left_out} "
             f"(alias {s['alias_test_median']:.3f}, label {s['label_test_median']:.3f})"
         )
 

@@ -297,6 +297,8 @@ def test_demo_run_records_paths_valid_after_its_rename(tmp_path):
         search["holdout_fraction"],
         "--threshold",
         search["objective"]["threshold"],
+        "--phases",
+        ",".join(search["phases"]),
         "--cache",
         out / "cache",
         "--resume",

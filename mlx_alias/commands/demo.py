@@ -13,7 +13,7 @@ def command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder to create with everything the demo makes."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenes and the search."),
     budget: int = typer.Option(
-        1200, "--budget", min=1, help="Exact evaluations the search may spend per alias length."
+        6000, "--budget", min=1, help="Exact evaluations the search may spend per alias length."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
