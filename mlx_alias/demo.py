@@ -26,10 +26,11 @@ LENGTHS = (1,)  # the model's own word for the concept is one token
 # gradient steps over every training image take minutes on 2 cores, and evolution alone does
 # not (benchmarks/results/2026-12-04-demo-phases.md).
 PHASES = ("gcg",)
+BUDGET = 6000  # exact evaluations: the search's default (SearchConfig.budget)
 
 
 def demo(
-    out: Path, *, seed: int = 0, budget: int = 6000, overwrite: bool = False, on_step: Callable = lambda step: None
+    out: Path, *, seed: int = 0, budget: int = BUDGET, overwrite: bool = False, on_step: Callable = lambda step: None
 ) -> dict:
     """Run the demo into ``out``, built in a temporary folder renamed at the end (so a killed
     demo leaves nothing behind). Returns a summary."""
@@ -61,8 +62,9 @@ def _demo(out: Path, seed: int, budget: int, on_step: Callable) -> dict:
     write_dataset(out / "unseen", [concept], TEST_IMAGES, seed, first=IMAGES)
     dataset, unseen = load_dataset(out / "dataset"), load_dataset(out / "unseen")
     cache = FeatureCache(model, out / "weights", out / "cache")
-    search = SearchConfig(lengths=LENGTHS, budget=budget, seed=seed, objective=ObjectiveConfig(threshold=0.5))
-    search = search.with_phases(PHASES)
+    search = SearchConfig(
+        lengths=LENGTHS, budget=budget, seed=seed, objective=ObjectiveConfig(threshold=0.5)
+    ).with_phases(PHASES)
     log.info(
         f"3/4 searching ({' and '.join(map(str, LENGTHS))}-token aliases, {budget} evaluations each, "
         f"phases {', '.join(PHASES)})"

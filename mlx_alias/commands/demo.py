@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mlx_alias.demo import BUDGET
+
 from .console import SearchStatus, console
 
 
@@ -13,7 +15,7 @@ def command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder to create with everything the demo makes."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenes and the search."),
     budget: int = typer.Option(
-        6000, "--budget", min=1, help="Exact evaluations the search may spend per alias length."
+        BUDGET, "--budget", min=1, help="Exact evaluations the search may spend per alias length."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
