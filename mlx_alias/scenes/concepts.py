@@ -111,9 +111,12 @@ def training_queries(
     pool: np.ndarray,
     positive: float = 0.5,
     random: float = 0.15,
+    shape_alone: float = 0.0,
 ) -> list[Query]:
     """``count`` captions for a scene: about ``positive`` of them name an object's attributes
-    (one to four of them), ``random`` are random tokens, the rest name attributes no object has."""
+    (one to four of them), ``random`` are random tokens, the rest name attributes no object has.
+    Of the captions that name attributes, ``shape_alone`` more name the shape and nothing else
+    (shapes are what the model learns last; 0 draws nothing extra from ``rng``)."""
     values = {"size": SIZES, "pattern": PATTERNS, "colour": tuple(COLOURS), "shape": SHAPES}
     queries = []
     for _ in range(count):
@@ -122,7 +125,10 @@ def training_queries(
             length = int(rng.integers(RANDOM_LENGTHS[0], RANDOM_LENGTHS[1] + 1))
             queries.append(Query(tuple(int(i) for i in rng.choice(pool, length)), np.zeros(len(things), bool)))
             continue
-        chosen = [a for a in ATTRIBUTES if rng.random() < 0.4] or [ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]]
+        if shape_alone and rng.random() < shape_alone:
+            chosen = ["shape"]
+        else:
+            chosen = [a for a in ATTRIBUTES if rng.random() < 0.4] or [ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]]
         if draw < random + positive and things:
             thing = things[int(rng.integers(len(things)))]
             named = {a: thing.value(a) for a in chosen}
