@@ -195,3 +195,46 @@ def test_compiled_gradient_matches_and_reads_current_features(mlx_model, scorer)
         assert float(mx.linalg.norm(grad - expected_grad) / mx.linalg.norm(expected_grad)) <= 1e-5
         values.append(float(value))
     assert abs(values[1] - values[0]) > 1e-3  # the second call did see the new images
+
+
+def test_minibatch_steps_climb_the_surrogate_of_their_images(mlx_model, scorer):
+    """The scorer's surrogate over an index array is the surrogate of a scorer holding only those
+    images (tolerance 1e-5 relative: the same float32 operations on gathered rows); a soft phase
+    with ``images`` draws a fresh minibatch at each step, positives and negatives in proportion,
+    takes its gradient there, and resumes to the same draws."""
+    pixels = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+    alone = Scorer(mlx_model, mlx_model.encode_image(mx.array(pixels[1:])), scorer.targets[1:], scorer.config)
+    ctx = context(mlx_model, scorer, seed=0)
+    phase = SoftPromptPhase(ctx, SoftConfig(init="random"))
+    framed, padding = phase._framed(phase.vectors[0]), phase._frame["padding"]
+    subset = float(scorer.surrogate(framed, padding, images=mx.array([1])))
+    expected = float(alone.surrogate(framed, padding))
+    assert abs(subset - expected) <= 1e-5 * abs(expected) and expected != 0
+    whole = float(scorer.surrogate(framed, padding))
+    assert float(scorer.surrogate(framed, padding, images=mx.array([1, 0]))) == pytest.approx(whole, rel=1e-5)
+
+    # six images, two of them positive: three a step are one positive and two negatives
+    rng = np.random.default_rng(1)
+    six = rng.uniform(-1, 1, (6, 224, 224, 3)).astype(np.float32)
+    targets = [scorer.targets[0]] * 2 + [scorer.targets[1]] * 4
+    wide = Scorer(mlx_model, mlx_model.encode_image(mx.array(six)), targets, scorer.config)
+    config = SoftConfig(init="random", images=3, steps=6, evaluate_every=3, patience=100)
+    batched = SoftPromptPhase(context(mlx_model, wide, seed=4), config)
+    draws = []
+    for _ in range(3):
+        point = batched.vectors[0]
+        batched.step()
+        drawn = np.array(batched._frame["images"])
+        draws.append(tuple(drawn))
+        assert len(set(drawn)) == 3 and sorted(drawn < 2) == [False, False, True]
+        value = float(wide.surrogate(batched._framed(point), padding, images=mx.array(drawn)))
+        assert batched.value == pytest.approx(value, rel=1e-5)
+    assert len(set(draws)) > 1  # fresh draws
+    resumed = SoftPromptPhase(context(mlx_model, wide, seed=9), config)
+    resumed.restore(batched.state())
+    for _ in range(3):
+        batched.step(), resumed.step()
+        assert np.array_equal(np.array(batched._frame["images"]), np.array(resumed._frame["images"]))
+    assert np.array_equal(np.array(batched.vectors), np.array(resumed.vectors))
+    with pytest.raises(ValueError, match="images"):
+        SoftPromptPhase(ctx, SoftConfig(init="random", images=-1))

@@ -54,6 +54,13 @@ def command(
         help="Soft prompts the soft phase climbs side by side, from the best starts "
         "(each costs one surrogate gradient per step).",
     ),
+    soft_images: int = typer.Option(
+        0,
+        "--soft-images",
+        min=0,
+        help="Training images each soft-phase gradient step sees, a fresh random minibatch per "
+        "step (0: all; its projections are always scored on all).",
+    ),
     score_temperature: float = typer.Option(
         None,
         "--score-temperature",
@@ -105,7 +112,7 @@ def command(
                 threshold=threshold, temperature=score_temperature, mask_temperature=mask_temperature
             ),
         )
-        cfg = dataclasses.replace(cfg, soft=dataclasses.replace(cfg.soft, starts=soft_starts))
+        cfg = dataclasses.replace(cfg, soft=dataclasses.replace(cfg.soft, starts=soft_starts, images=soft_images))
         cfg = cfg.with_phases(tuple(p.strip() for p in phases.split(",")))
         data = load_dataset(dataset, images)
         model = load_weights(weights, dtype)

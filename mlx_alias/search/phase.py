@@ -47,9 +47,9 @@ class SearchContext:
     # the gradient phases' objective: the scorer's, its surrogate temperatures set (``Scorer.calibrated``)
     objective: ObjectiveConfig | None = None
 
-    def surrogate(self, embeddings: mx.array, padding: mx.array) -> mx.array:
+    def surrogate(self, embeddings: mx.array, padding: mx.array, images: mx.array | None = None) -> mx.array:
         """``Scorer.surrogate`` under our objective (the scorer's own where we hold none)."""
-        return self.scorer.surrogate(embeddings, padding, self.objective)
+        return self.scorer.surrogate(embeddings, padding, self.objective, images)
 
     def affordable(self) -> int:
         """How many more candidates the budget pays for (at least one, so a step always moves)."""

@@ -52,6 +52,10 @@ class DenseTargets:
         crowd = np.stack([t.crowd for t in targets]).astype(np.float32)
         return cls(mx.array(masks), mx.array(valid), mx.array(keep), mx.array(crowd))
 
+    def subset(self, images: mx.array) -> DenseTargets:
+        """The targets of these images (an index array), in its order."""
+        return DenseTargets(self.masks[images], self.valid[images], self.keep[images], self.crowd[images])
+
 
 @dataclass(frozen=True)
 class Pruned:
@@ -199,26 +203,37 @@ class Scorer(ExactScorer):
                 masks[k] = row
         return scores, masks
 
-    def _ground_everywhere(self, text: TextFeatures) -> Grounding:
-        """One prompt's text features [1, ...] grounded on every image, masks included."""
+    def _ground_everywhere(self, text: TextFeatures, images: mx.array | None = None) -> Grounding:
+        """One prompt's text features [1, ...] grounded on every image (or on ``images``, an
+        index array), masks included."""
+        images = mx.arange(self.images) if images is None else images
+        count = images.shape[0]
         return self.model.ground(
             self.features,
-            TextFeatures(mx.repeat(text.memory, self.images, axis=0), mx.repeat(text.padding, self.images, axis=0)),
-            mx.arange(self.images),
+            TextFeatures(mx.repeat(text.memory, count, axis=0), mx.repeat(text.padding, count, axis=0)),
+            images,
         )
 
-    def surrogate(self, embeddings: mx.array, padding: mx.array, config: ObjectiveConfig | None = None) -> mx.array:
+    def surrogate(
+        self,
+        embeddings: mx.array,
+        padding: mx.array,
+        config: ObjectiveConfig | None = None,
+        images: mx.array | None = None,
+    ) -> mx.array:
         """One soft prompt ([1, L, width] input embeddings, [1, L] padding) -> the surrogate
-        score over all images, differentiable with respect to ``embeddings``; under ``config``
-        (our own by default), whose temperatures must be set."""
-        grounded = self._ground_everywhere(self.model.encode_text_embeddings(embeddings, padding))
+        score over all images (or over ``images``, an index array: a minibatch), differentiable
+        with respect to ``embeddings``; under ``config`` (our own by default), whose temperatures
+        must be set."""
+        grounded = self._ground_everywhere(self.model.encode_text_embeddings(embeddings, padding), images)
+        dense = self.dense if images is None else self.dense.subset(images)
         return surrogate(
             grounded.scores.astype(mx.float32),
             grounded.masks.astype(mx.float32),
-            self.dense.masks,
-            self.dense.valid,
-            self.dense.keep,
-            self.dense.crowd,
+            dense.masks,
+            dense.valid,
+            dense.keep,
+            dense.crowd,
             config or self.config,
         )
 

@@ -49,6 +49,10 @@ class SoftConfig:
     # fraction of its energy (1: the whole space), where real tokens lie: a move outside it is one
     # that projection to real tokens undoes.
     span_energy: float = 0.999
+    # Images each gradient step sees (0: all of them): a fresh random minibatch per step, with
+    # positives and negatives in the training images' proportion, for a step that costs this
+    # share of a full one. The projections are still scored exactly on every image.
+    images: int = 0
 
 
 def adam(
@@ -101,6 +105,8 @@ class SoftPromptPhase:
             raise ValueError(f"init='tokens' needs a start candidate of {ctx.length} tokens")
         if not 1 <= ctx.length <= CONTEXT_LENGTH - 2:
             raise ValueError(f"length must lie in [1, {CONTEXT_LENGTH - 2}], got {ctx.length}")
+        if config.images < 0:
+            raise ValueError(f"images must be 0 (all) or more, got {config.images}")
         self.ctx, self.config = ctx, config
         table = ctx.embeddings()
         self.index = TokenIndex(table, ctx.allowed)
@@ -131,7 +137,27 @@ class SoftPromptPhase:
             "tail": frame[:, n + 1 :],  # start; end and padding
             "padding": mx.array(np.arange(CONTEXT_LENGTH) > n + 1)[None],
         }  # True after the end token
+        positive = np.array([len(t.masks) > 0 for t in ctx.scorer.targets])
+        self._positives, self._negatives = np.flatnonzero(positive), np.flatnonzero(~positive)
+        if 0 < config.images < len(positive):  # the minibatch, an input of the compiled step, drawn at each step
+            self._frame["images"] = mx.arange(config.images)
         self._loss_and_grad = CompiledGradient(self._loss, self._compiled_state)
+
+    def _minibatch(self) -> np.ndarray:
+        """``config.images`` image indices drawn without replacement, positives and negatives in
+        their proportion (rounded at random, so exact on average; at least one of each where
+        both exist and two or more are drawn)."""
+        k, total = self.config.images, len(self._positives) + len(self._negatives)
+        share = int(k * len(self._positives) / total + self.rng.random())
+        if k >= 2 and len(self._positives) and len(self._negatives):
+            share = min(max(share, 1), k - 1)
+        share = min(max(share, k - len(self._negatives)), len(self._positives))
+        return np.concatenate(
+            [
+                self.rng.choice(self._positives, share, replace=False),
+                self.rng.choice(self._negatives, k - share, replace=False),
+            ]
+        ).astype(np.int32)
 
     def _embed(self, ids: tuple[int, ...] | np.ndarray) -> mx.array:
         return self.ctx.embeddings()[mx.array(np.asarray(ids))].astype(mx.float32)
@@ -146,7 +172,7 @@ class SoftPromptPhase:
         return mx.concatenate([head, vectors[None].astype(head.dtype), tail], axis=1)
 
     def _loss(self, vectors: mx.array) -> mx.array:
-        return -self.ctx.surrogate(self._framed(vectors), self._frame["padding"])
+        return -self.ctx.surrogate(self._framed(vectors), self._frame["padding"], self._frame.get("images"))
 
     def active(self) -> list[int]:
         """The soft prompts still moving: those whose projections improved within ``patience``."""
@@ -173,6 +199,8 @@ class SoftPromptPhase:
         if self.done:
             return []
         cfg, active = self.config, self.active()
+        if "images" in self._frame:
+            self._frame["images"] = mx.array(self._minibatch())
         points = (
             mx.stack([self._embed(t) for t in self.projections(active)]) if cfg.pez else self.vectors[mx.array(active)]
         )
