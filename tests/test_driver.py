@@ -176,9 +176,9 @@ def test_gradient_phases_take_the_temperatures_scaled_to_the_model(task, search_
     taken = []
     original = Scorer.surrogate
 
-    def recording(self, embeddings, padding, config=None):
+    def recording(self, embeddings, padding, config=None, images=None):
         taken.append(config)
-        return original(self, embeddings, padding, config)
+        return original(self, embeddings, padding, config, images)
 
     monkeypatch.setattr(Scorer, "surrogate", recording)
     config = replace(
