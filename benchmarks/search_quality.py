@@ -66,6 +66,8 @@ METHODS = {
     "full": {},
     # GCG's swaps from the current tokens' embedding neighbours only, without the far tokens
     "full, near gcg": {"gcg": GcgConfig(far=0)},
+    # each soft-phase gradient step on 4 of the 8 training images, drawn afresh (``--soft-images``)
+    "full, soft minibatch 4": {"soft": dataclasses.replace(SearchConfig().soft, images=4)},
     "soft only": {"phases": ("soft",), "shares": (1.0,)},
     "gcg only": {"phases": ("gcg",), "shares": (1.0,)},
     "evolution only": {"phases": ("evolution",), "shares": (1.0,)},
