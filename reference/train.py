@@ -213,11 +213,33 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def object_scores(scores: np.ndarray, logits: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per object of a scene ([N, h, w] masks at the logits' size), the highest score among
+    one prompt's queries ([Q] scores, [Q, h, w] mask logits) whose mask covers it with IoU above
+    0.5, or 0 where none does."""
+    predicted = (logits > 0).reshape(len(logits), -1).astype(np.float32)
+    truth = masks.reshape(len(masks), -1).astype(np.float32)
+    inter = predicted @ truth.T
+    iou = inter / np.maximum(predicted.sum(1)[:, None] + truth.sum(1)[None] - inter, 1)
+    return np.where(iou > 0.5, scores[:, None], 0.0).max(0, initial=0.0)
+
+
+def separation(positive: list[float], negative: list[float]) -> float:
+    """The probability that a random object with the attribute outscores one without (ties half):
+    the ROC AUC, 0.5 for a word the model does not tell apart, whatever its threshold."""
+    if not positive or not negative:
+        return float("nan")
+    pos, neg = np.asarray(positive)[:, None], np.asarray(negative)[None]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
 def validate(
     model: torch.nn.Module, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray, mask_size: int
 ) -> dict[str, float]:
     """The project's objective at sam3's threshold 0.5 on unseen scenes: each of the model's
-    words as a category, and random captions from outside its vocabulary."""
+    words as a category, and random captions from outside its vocabulary; and per word, how well
+    its scores separate the objects it names from the others (``separation``), which shows a
+    word being learned before its scores pass the threshold."""
     rng = np.random.default_rng(VALIDATION_SEED + cfg.seed)
     scenes = [scene(rng) for _ in range(cfg.validation_scenes)]
     captions = [(word, attribute, value) for attribute, words in WORDS.items() for value, word in words.items()]
@@ -229,16 +251,21 @@ def validate(
     )
     objective = ObjectiveConfig(threshold=0.5)
     results: list[list] = [[] for _ in ids]
+    named: dict[str, tuple[list, list]] = {w: ([], []) for w, _, _ in captions}  # objects without, with
     with torch.no_grad():
         features = runners.image_features(model, pixels)
         text = runners.text_features_from_ids(model, torch.from_numpy(ids))
         for i, sc in enumerate(scenes):
             out = runners.ground(model, features, text, torch.full((len(ids),), i))
             scores, logits = out["scores"].numpy(), out["pred_masks"].numpy()
+            objects = area_resize(sc.masks, *logits.shape[-2:])
             for c in range(len(ids)):
                 if c < len(captions):
-                    _, attribute, value = captions[c]
-                    covered = sc.masks[[t.value(attribute) == value for t in sc.things]]
+                    word, attribute, value = captions[c]
+                    has = [t.value(attribute) == value for t in sc.things]
+                    for thing_has, best in zip(has, object_scores(scores[c], logits[c], objects)):
+                        named[word][thing_has].append(float(best))
+                    covered = sc.masks[has]
                 else:
                     covered = sc.masks[:0]
                 target = MaskTarget(area_resize(covered, mask_size, mask_size), np.zeros((mask_size, mask_size), bool))
@@ -250,6 +277,7 @@ def validate(
         "random_max": float(max(random_scores)),
         "random_median": float(np.median(random_scores)),
         **{f"word/{w}": s for w, s in per_word.items()},
+        **{f"separation/{w}": separation(with_it, without) for w, (without, with_it) in named.items()},
     }
 
 
@@ -269,7 +297,9 @@ def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
 
 def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> int:
     state = load_state(path)
-    changed = differences(state["config"], json.loads(json.dumps(asdict(cfg))))
+    # a setting the saved run predates had its default then (the code did what the default does)
+    saved = {**asdict(TrainConfig()), **state["config"]}
+    changed = differences(saved, json.loads(json.dumps(asdict(cfg))))
     if changed:
         raise ValueError(
             f"{path.parent} holds a training run with other settings ({'; '.join(changed)}); "

@@ -1,13 +1,13 @@
 """Train the tiny SAM3 of the scene world and write it as a checkpoint.
 
-    python scripts/train_scenes.py --out runs/train [--steps 4000] [--seed 0] [--hours 2]
+    python scripts/train_scenes.py --out runs/train [--steps 4000] [--seed 0] [--hours 2] [--until 3000]
         [--checkpoint OUT_DIR] [--format hf] [--init-from runs/earlier --seed 1]
 
 Needs the training extra (``pip install -e '.[train]'``: the reference path plus what
 ``sam3.train`` imports). Training is resumable: run the same command again and it continues
 from ``--out``'s last checkpoint (every 100 steps), seeing exactly the data an uninterrupted
-run would; ``--hours`` stops it after that much wall-clock, to go on later. When the steps are
-done, ``--checkpoint`` receives the trained model through the project's own writer
+run would; ``--hours`` stops it after that much wall-clock, ``--until`` after that step, to
+go on later. When the steps are done, ``--checkpoint`` receives the trained model through the project's own writer
 (``model.safetensors`` in the transformers layout with ``--format hf``, or ``sam3.pt``) and its
 ``config.json``, ready for ``mlx-alias convert`` (``--dtype float16`` halves it, as shipped),
 and ``PROVENANCE.json``: the command, the training settings, the last validation and the
@@ -38,7 +38,9 @@ def last_validation(curve: Path) -> dict:
     """The last validation record of a learning curve (the losses left out)."""
     records = [json.loads(line) for line in curve.read_text().splitlines() if "words_median" in line]
     keep = ("step", "words_median", "random_max", "random_median")
-    return {k: v for k, v in records[-1].items() if k in keep or k.startswith("word/")} if records else {}
+    return (
+        {k: v for k, v in records[-1].items() if k in keep or k.startswith(("word/", "separation/"))} if records else {}
+    )
 
 
 def write_provenance(path: Path, cfg: TrainConfig, args: argparse.Namespace, curve: Path) -> None:
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--format", choices=("hf", "sam3"), default="hf")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="of the written checkpoint")
     parser.add_argument("--hours", type=float, help="stop after this much wall-clock (resume later)")
+    parser.add_argument("--until", type=int, help="stop after this step (resume later); the schedule stays --steps'")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     for field in dataclasses.fields(TrainConfig):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
@@ -70,7 +73,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    model, step = train(args.out, cfg, time_limit=None if args.hours is None else args.hours * 3600)
+    model, step = train(args.out, cfg, time_limit=None if args.hours is None else args.hours * 3600, until=args.until)
     if step < cfg.steps:
         print(f"stopped at step {step} of {cfg.steps}: run the same command again to go on")
         return

@@ -13,7 +13,7 @@ pytest.importorskip("sam3")
 pytest.importorskip("torchmetrics")
 pytest.importorskip("scipy")
 
-from mlx_alias.reference.train import CURVE, TrainConfig, train  # noqa: E402
+from mlx_alias.reference.train import CURVE, STATE, TrainConfig, object_scores, separation, train  # noqa: E402
 
 SMALL = TrainConfig(steps=4, batch=2, queries=2, warmup=2, checkpoint_every=2, validate_every=4, validation_scenes=2)
 
@@ -43,6 +43,7 @@ def test_training_moves_the_weights_and_resumes_to_the_same_ones(tmp_path):
     assert all(np.array_equal(trained[k], resumed[k]) for k in trained)
     records = [json.loads(line) for line in (tmp_path / "whole" / CURVE).read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4] and "words_median" in records[-1]
+    assert 0 <= records[-1]["separation/violet"] <= 1 or np.isnan(records[-1]["separation/violet"])
     assert all(np.isfinite(r["loss"]) for r in records)
     resumed_records = [json.loads(line) for line in (tmp_path / "cut" / CURVE).read_text().splitlines()]
     assert [r["step"] for r in resumed_records] == [1, 2, 3, 4] and resumed_records[2]["loss"] > 0
@@ -52,6 +53,31 @@ def test_a_resume_with_other_settings_is_refused(tmp_path):
     train(tmp_path / "run", TrainConfig(**{**SMALL.__dict__, "steps": 2}))
     with pytest.raises(ValueError, match="other settings \\(steps was 2, now 4\\)"):
         train(tmp_path / "run", SMALL)
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_at_its_default(tmp_path):
+    from mlx_alias.search.state import load_state, save_state
+
+    train(tmp_path / "run", SMALL, until=2)
+    state = load_state(tmp_path / "run" / STATE)
+    del state["config"]["shape_alone"]  # as a run of a version without it saved its settings
+    save_state(tmp_path / "run" / STATE, state)
+    assert train(tmp_path / "run", SMALL)[1] == SMALL.steps
+    with pytest.raises(ValueError, match="shape_alone was 0.0, now 0.5"):
+        train(tmp_path / "run", TrainConfig(**{**SMALL.__dict__, "shape_alone": 0.5}))
+
+
+def test_object_scores_and_separation():
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, :4, :4] = True
+    masks[1, 4:, 4:] = True
+    logits = -np.ones((3, 8, 8))
+    logits[0, :4, :4] = 1  # object 0 exactly
+    logits[1, 4:, 4:6] = 1  # half of object 1: IoU 0.5, not above
+    logits[2, :4, :3] = 1  # most of object 0, with a lower score
+    np.testing.assert_allclose(object_scores(np.array([0.9, 0.8, 0.7]), logits, masks), [0.9, 0.0])
+    assert separation([0.9, 0.8], [0.1]) == 1.0 and separation([0.1], [0.9, 0.8]) == 0.0
+    assert separation([0.5], [0.5]) == 0.5 and np.isnan(separation([], [0.2]))
 
 
 def test_a_warm_start_begins_from_the_other_runs_weights_with_its_own_schedule(tmp_path):
