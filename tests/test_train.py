@@ -4,6 +4,9 @@ weights, refusing a resume with other settings, and written through the project'
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +93,21 @@ def test_a_warm_start_begins_from_the_other_runs_weights_with_its_own_schedule(t
     assert steps == SMALL.steps
     with pytest.raises(ValueError, match="holds no training state"):
         train(tmp_path / "cold", TrainConfig(**{**SMALL.__dict__, "init_from": str(tmp_path / "none")}))
+
+
+def test_validate_scenes_compares_states_on_the_same_scenes(tmp_path):
+    from mlx_alias.scenes.concepts import WORDS
+
+    train(tmp_path / "run", TrainConfig(**{**SMALL.__dict__, "steps": 2}))
+    script = Path(__file__).parents[1] / "scripts" / "validate_scenes.py"
+    state = tmp_path / "run" / STATE
+    done = subprocess.run(
+        [sys.executable, script, state, state, "--seeds", "0", "5", "--scenes", "2", "--threads", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 * (1 + sum(len(w) for w in WORDS.values())) and "(step 2)" in lines[0]
+    assert lines[0].split(": ", 1)[1] == lines[22].split(": ", 1)[1]  # the same state scores the same
+    assert "words median" in lines[0] and "per stream" in lines[0] and "separation" in lines[1]
