@@ -64,3 +64,5 @@ def test_concept_phase_climbs_the_alignment_and_scores_its_projections(mlx_model
     assert 1 <= len(found) <= 2 and all(ctx.allowed[list(c.tokens)].all() for c in found)
     assert scorer.evaluations - before == len(ctx.seen) * scorer.images
     assert phase.best.score == max(c.score for c in found)
+    with pytest.raises(ValueError, match="no minibatch"):
+        ConceptPhase(ctx, SoftConfig(init="random", images=1))

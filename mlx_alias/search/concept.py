@@ -61,6 +61,8 @@ class ConceptPhase(SoftPromptPhase):
     name = "concept"
 
     def __init__(self, ctx: SearchContext, config: SoftConfig, starts: list[Candidate] = ()):
+        if config.images:
+            raise ValueError("the concept phase's steps ground no image: its config takes no minibatch (images=0)")
         scorer = ctx.scorer
         dense = scorer.dense
         self._centre = {"centre": concept_centre(scorer.features.levels[-1], dense.masks, dense.valid, dense.keep)}
