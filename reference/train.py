@@ -315,8 +315,13 @@ def _warm_start(source: Path, model: torch.nn.Module, optimizer: torch.optim.Opt
     log.info("starting from %s at its step %d", source, _load(load_state(source / STATE), model, optimizer))
 
 
-def _load(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def load_weights(state: dict, model: torch.nn.Module) -> None:
+    """A saved training state's weights into ``model``."""
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state["model"].items()})
+
+
+def _load(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    load_weights(state, model)
     optim = state["optimizer"]
     optimizer.load_state_dict(
         {

@@ -22,7 +22,7 @@ import torch
 
 from mlx_alias.config import tiny_config
 from mlx_alias.reference.build import build_model
-from mlx_alias.reference.train import TrainConfig, validate
+from mlx_alias.reference.train import TrainConfig, load_weights, validate
 from mlx_alias.scenes.concepts import random_pool
 from mlx_alias.search.state import load_state
 from mlx_alias.tokenizer import load_tokenizer
@@ -42,7 +42,7 @@ def main() -> None:
     for path in args.states:
         state = load_state(path)
         model = build_model(config, seed=0, device="cpu")
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state["model"].items()})
+        load_weights(state, model)
         model.eval()
         runs = [
             validate(model, TrainConfig(seed=s, validation_scenes=args.scenes), tokenizer, pool, config.vision.grid * 4)
