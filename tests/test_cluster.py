@@ -7,6 +7,7 @@ before Ray is imported, and the cluster fixture checks every node's address."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -199,18 +200,25 @@ def test_a_node_killed_mid_category_is_resumed_elsewhere_from_its_checkpoint(
     killed = []
 
     def node_running(category_id: int):
+        """The node whose worker searches the category, and that node's processes below its raylet."""
         assigned = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"category {category_id} to ")]
         pid = int(re.search(r"\(pid (\d+)\)", assigned[-1]).group(1))
         for node in cluster.worker_nodes:
-            raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
-            if pid in {p.pid for p in raylet.children(recursive=True)}:
-                return node
+            children = psutil.Process(node.all_processes["raylet"][0].process.pid).children(recursive=True)
+            if pid in {p.pid for p in children}:
+                return node, children
         raise AssertionError(f"no node runs pid {pid}")
 
     def kill_at_the_first_checkpoint(step):
         if not killed and step.evaluations > 0:
             killed.append(step.number)  # the category's place in the run, here its id
-            cluster.remove_node(node_running(step.number), allow_graceful=False)  # as a machine dies
+            node, children = node_running(step.number)
+            # as a machine dies: every process at once (a worker left without its raylet would
+            # otherwise go on streaming for a moment, and could finish its category)
+            for process in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            cluster.remove_node(node, allow_graceful=False)
 
     caplog.set_level(logging.INFO, logger="mlx_alias")
     config = ClusterConfig(cluster.address, checkpoint_seconds=0.0)

@@ -35,6 +35,9 @@ from .worker import SearchWorker, WorkerJob
 log = logging.getLogger(__name__)
 RESOURCE = "mlx_alias"  # the custom resource that marks a node's capacity for workers
 START_SECONDS = 900  # for a worker to load the weights and hash the dataset
+# checkpoints a worker may send before the driver has read them: it then waits, so a worker
+# never runs far ahead of the run folder (what its death loses) nor piles up checkpoint bytes
+AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,9 @@ def search_on_cluster(
                 worker, (number, category_id) = idle.pop(0), queue.popleft()
                 states, where = _states(state_dir, category_id, cfg)
                 log.info("category %d to %s%s", category_id, worker.name, f", resuming ({where})" if states else "")
-                stream = worker.actor.search.remote(cfg, category_id, number, count, states, cluster.checkpoint_seconds)
+                stream = worker.actor.search.options(_generator_backpressure_num_objects=AHEAD).remote(
+                    cfg, category_id, number, count, states, cluster.checkpoint_seconds
+                )
                 running[stream] = (worker, number, category_id)
             if not running:
                 raise RunError(f"every worker died with {len(queue)} categories left; resume the run with --resume")
