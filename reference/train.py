@@ -41,6 +41,7 @@ from mlx_alias.tokenizer import CONTEXT_LENGTH, Tokenizer, load_tokenizer
 
 from . import runners
 from .build import build_model
+from .checkpoint import load_reference
 from .compat import focal_loss_without_triton
 
 # isort: split
@@ -71,9 +72,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     validate_every: int = 250
     validation_scenes: int = 24
-    # a training folder whose last state (weights and Adam moments) this run starts from, with
-    # its own schedule from step 0: a warm restart that adds steps to a finished run (give it
-    # another seed, or it replays the first run's data)
+    # a training folder whose last state (weights and Adam moments) this run starts from, or a
+    # checkpoint folder (the weights alone, e.g. the shipped model), with its own schedule from
+    # step 0: a warm restart that adds steps to a finished run (give it another seed, or it
+    # replays the first run's data)
     init_from: str = ""
     # the share of attribute captions that name the shape alone, beyond the draw's own
     # (see scenes.concepts.training_queries)
@@ -308,11 +310,28 @@ def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
     return _load(state, model, optimizer)
 
 
-def _warm_start(source: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Start from another run's last state; this run's schedule then starts from its step 0."""
-    if not (source / STATE).is_file():
-        raise ValueError(f"{source} holds no training state ({STATE}) to start from")
-    log.info("starting from %s at its step %d", source, _load(load_state(source / STATE), model, optimizer))
+def init_source(source: Path) -> Path:
+    """The file a warm start reads: a training folder's last state, or a checkpoint folder's weights."""
+    if (source / STATE).is_file():
+        return source / STATE
+    for name in ("model.safetensors", "sam3.pt"):
+        if (source / "config.json").is_file() and (source / name).is_file():
+            return source / name
+    raise ValueError(f"{source} holds no training state ({STATE}) nor a checkpoint to start from")
+
+
+def _warm_start(source: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig) -> None:
+    """Start from another run's last state, or from a checkpoint's weights with fresh Adam
+    moments; this run's schedule then starts from its step 0."""
+    path = init_source(source)
+    if path.name == STATE:
+        log.info("starting from %s at its step %d", source, _load(load_state(path), model, optimizer))
+        return
+    trained, cfg = load_reference(source)
+    if cfg != model_cfg:
+        raise ValueError(f"the checkpoint in {source} is not of this run's model preset")
+    model.load_state_dict(trained.state_dict())  # a half-precision checkpoint widens to float32 here
+    log.info("starting from the weights of %s", path)
 
 
 def load_weights(state: dict, model: torch.nn.Module) -> None:
@@ -362,7 +381,7 @@ def train(
     if step:
         log.info("resumed at step %d", step)
     elif cfg.init_from:
-        _warm_start(Path(cfg.init_from), model, optimizer)
+        _warm_start(Path(cfg.init_from), model, optimizer, model_cfg)
     _cut_curve(out / CURVE, step)
     tokenizer, criterion = load_tokenizer(), find_criterion()
     pool = random_pool(tokenizer)

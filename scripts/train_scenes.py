@@ -11,8 +11,9 @@ go on later. When the steps are done, ``--checkpoint`` receives the trained mode
 (``model.safetensors`` in the transformers layout with ``--format hf``, or ``sam3.pt``) and its
 ``config.json``, ready for ``mlx-alias convert`` (``--dtype float16`` halves it, as shipped),
 and ``PROVENANCE.json``: the command, the training settings, the last validation and the
-file's sha256. ``--init-from`` starts from another run's last state with a schedule of its own
-(a warm restart, to add steps to a finished run). The learning curve is ``--out/curve.jsonl``.
+file's sha256. ``--init-from`` starts from another run's last state, or from a checkpoint's
+weights (``mlx_alias/assets/scenes-tiny``, the shipped model), with a schedule of its own (a
+warm restart, to add steps to a finished run). The learning curve is ``--out/curve.jsonl``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from mlx_alias.config import tiny_config
 from mlx_alias.digest import hash_file
 from mlx_alias.files import atomic_write_bytes
 from mlx_alias.reference.checkpoint import save_checkpoint
-from mlx_alias.reference.train import CURVE, STATE, TrainConfig, train
+from mlx_alias.reference.train import CURVE, TrainConfig, init_source, train
 
 
 def last_validation(curve: Path) -> dict:
@@ -53,8 +54,8 @@ def write_provenance(path: Path, cfg: TrainConfig, args: argparse.Namespace, cur
         "validation": last_validation(curve),
         path.name: {"sha256": hash_file(path), "bytes": path.stat().st_size},
     }
-    if cfg.init_from:  # the run it started from, by the digest of its last state
-        provenance["init_from"] = {"sha256": hash_file(Path(cfg.init_from) / STATE)}
+    if cfg.init_from:  # what it started from, by the digest of that run's last state or that checkpoint's weights
+        provenance["init_from"] = {"sha256": hash_file(init_source(Path(cfg.init_from)))}
     atomic_write_bytes(path.parent / "PROVENANCE.json", (json.dumps(provenance, indent=2) + "\n").encode())
 
 

@@ -91,8 +91,38 @@ def test_a_warm_start_begins_from_the_other_runs_weights_with_its_own_schedule(t
     assert all(np.array_equal(v, _weights(first)[k]) for k, v in _weights(start).items())
     _, steps = train(tmp_path / "warm", warm)
     assert steps == SMALL.steps
-    with pytest.raises(ValueError, match="holds no training state"):
+    with pytest.raises(ValueError, match="holds no training state .* nor a checkpoint"):
         train(tmp_path / "cold", TrainConfig(**{**SMALL.__dict__, "init_from": str(tmp_path / "none")}))
+
+
+def test_a_warm_start_from_a_checkpoint_takes_its_weights_and_refuses_another_preset(tmp_path):
+    """From a half-precision checkpoint in the transformers layout (as the shipped model is):
+    this run's weights are the checkpoint's, widened to float32, except what that layout does
+    not hold and no text prompt reads (the position table's class slot, the point projections)."""
+    import torch
+
+    from mlx_alias.config import tiny_config
+    from mlx_alias.reference.build import build_model
+    from mlx_alias.reference.checkpoint import save_checkpoint
+
+    first, _ = train(tmp_path / "first", SMALL)
+    save_checkpoint(first, tiny_config(), tmp_path / "shipped", "hf", torch.float16)
+    warm = TrainConfig(**{**SMALL.__dict__, "seed": 1, "init_from": str(tmp_path / "shipped")})
+    start, steps = train(tmp_path / "warm", warm, until=0)
+    assert steps == 0
+    halved = {
+        k: v.astype(np.float16).astype(np.float32) if v.dtype == np.float32 else v for k, v in _weights(first).items()
+    }
+    started = _weights(start)
+    pos = "backbone.vision_backbone.trunk.pos_embed"
+    assert np.array_equal(started[pos][:, 1:], halved[pos][:, 1:])
+    unheld = [k for k, v in started.items() if not np.array_equal(v, halved[k])]
+    assert unheld and all(k == pos or ".points_" in k for k in unheld)
+    other = tiny_config()
+    other.text.layers += 1
+    save_checkpoint(build_model(other, seed=0, device="cpu"), other, tmp_path / "other", "hf")
+    with pytest.raises(ValueError, match="is not of this run's model preset"):
+        train(tmp_path / "cold", TrainConfig(**{**SMALL.__dict__, "init_from": str(tmp_path / "other")}))
 
 
 def test_validate_scenes_compares_states_on_the_same_scenes(tmp_path):
