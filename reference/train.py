@@ -32,17 +32,18 @@ import torch
 from mlx_alias.config import ModelConfig, tiny_config
 from mlx_alias.files import atomic_write_bytes
 from mlx_alias.image import preprocess
-from mlx_alias.scenes.concepts import WORDS, random_pool, training_queries
+from mlx_alias.scenes.concepts import random_pool, training_queries
 from mlx_alias.scenes.world import SIZE, scene
-from mlx_alias.search.objective import MaskTarget, ObjectiveConfig, aggregate, area_resize, score_image
+from mlx_alias.search.objective import area_resize
 from mlx_alias.search.run_folder import differences
 from mlx_alias.search.state import load_state, save_state
-from mlx_alias.tokenizer import CONTEXT_LENGTH, Tokenizer, load_tokenizer
+from mlx_alias.tokenizer import Tokenizer, load_tokenizer
 
 from . import runners
 from .build import build_model
 from .checkpoint import load_reference
 from .compat import focal_loss_without_triton
+from .validation import frame_caption, validate
 
 # isort: split
 from sam3.model.box_ops import box_cxcywh_to_xyxy  # noqa: E402
@@ -55,7 +56,6 @@ focal_loss_without_triton()
 log = logging.getLogger(__name__)
 STATE = "train_state.safetensors"
 CURVE = "curve.jsonl"
-VALIDATION_SEED = 10**9  # validation scenes come from their own stream, never trained on
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,6 @@ def _boxes(masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def _frame(tokenizer: Tokenizer, ids: tuple[int, ...]) -> np.ndarray:
-    return tokenizer.from_content_ids(ids, CONTEXT_LENGTH)[0]
-
-
 def batch_at(step: int, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray, mask_size: int) -> dict:
     """The scenes and captions of a step, with sam3's packed targets for each (scene, caption)."""
     rng = np.random.default_rng([cfg.seed, step])
@@ -136,7 +132,7 @@ def batch_at(step: int, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray
     for i, sc in enumerate(scenes):
         for query in training_queries(rng, sc.things, cfg.queries, tokenizer, pool, shape_alone=cfg.shape_alone):
             chosen = sc.masks[query.covers]
-            ids.append(_frame(tokenizer, query.ids))
+            ids.append(frame_caption(tokenizer, query.ids))
             image_index.append(i)
             boxes.append(_boxes(chosen))
             masks.append(
@@ -215,74 +211,6 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def object_scores(scores: np.ndarray, logits: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Per object of a scene ([N, h, w] masks at the logits' size), the highest score among
-    one prompt's queries ([Q] scores, [Q, h, w] mask logits) whose mask covers it with IoU above
-    0.5, or 0 where none does."""
-    predicted = (logits > 0).reshape(len(logits), -1).astype(np.float32)
-    truth = masks.reshape(len(masks), -1).astype(np.float32)
-    inter = predicted @ truth.T
-    iou = inter / np.maximum(predicted.sum(1)[:, None] + truth.sum(1)[None] - inter, 1)
-    return np.where(iou > 0.5, scores[:, None], 0.0).max(0, initial=0.0)
-
-
-def separation(positive: list[float], negative: list[float]) -> float:
-    """The probability that a random object with the attribute outscores one without (ties half):
-    the ROC AUC, 0.5 for a word the model does not tell apart, whatever its threshold."""
-    if not positive or not negative:
-        return float("nan")
-    pos, neg = np.asarray(positive)[:, None], np.asarray(negative)[None]
-    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
-
-
-def validate(
-    model: torch.nn.Module, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray, mask_size: int
-) -> dict[str, float]:
-    """The project's objective at sam3's threshold 0.5 on unseen scenes: each of the model's
-    words as a category, and random captions from outside its vocabulary; and per word, how well
-    its scores separate the objects it names from the others (``separation``), which shows a
-    word being learned before its scores pass the threshold."""
-    rng = np.random.default_rng(VALIDATION_SEED + cfg.seed)
-    scenes = [scene(rng) for _ in range(cfg.validation_scenes)]
-    captions = [(word, attribute, value) for attribute, words in WORDS.items() for value, word in words.items()]
-    randoms = [tuple(int(i) for i in rng.choice(pool, 2)) for _ in range(8)]
-    pixels = torch.from_numpy(np.stack([preprocess(sc.image, SIZE) for sc in scenes]).transpose(0, 3, 1, 2).copy())
-    ids = np.stack(
-        [_frame(tokenizer, tuple(tokenizer.encode(w))) for w, _, _ in captions]
-        + [_frame(tokenizer, r) for r in randoms]
-    )
-    objective = ObjectiveConfig(threshold=0.5)
-    results: list[list] = [[] for _ in ids]
-    named: dict[str, tuple[list, list]] = {w: ([], []) for w, _, _ in captions}  # objects without, with
-    with torch.no_grad():
-        features = runners.image_features(model, pixels)
-        text = runners.text_features_from_ids(model, torch.from_numpy(ids))
-        for i, sc in enumerate(scenes):
-            out = runners.ground(model, features, text, torch.full((len(ids),), i))
-            scores, logits = out["scores"].numpy(), out["pred_masks"].numpy()
-            objects = area_resize(sc.masks, *logits.shape[-2:])
-            for c in range(len(ids)):
-                if c < len(captions):
-                    word, attribute, value = captions[c]
-                    has = [t.value(attribute) == value for t in sc.things]
-                    for thing_has, best in zip(has, object_scores(scores[c], logits[c], objects)):
-                        named[word][thing_has].append(float(best))
-                    covered = sc.masks[has]
-                else:
-                    covered = sc.masks[:0]
-                target = MaskTarget(area_resize(covered, mask_size, mask_size), np.zeros((mask_size, mask_size), bool))
-                results[c].append(score_image(scores[c], logits[c], target, objective))
-    per_word = {captions[c][0]: aggregate(results[c], objective).score for c in range(len(captions))}
-    random_scores = [aggregate(results[len(captions) + r], objective).score for r in range(len(randoms))]
-    return {
-        "words_median": float(np.median(list(per_word.values()))),
-        "random_max": float(max(random_scores)),
-        "random_median": float(np.median(random_scores)),
-        **{f"word/{w}": s for w, s in per_word.items()},
-        **{f"separation/{w}": separation(with_it, without) for w, (without, with_it) in named.items()},
-    }
-
-
 def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
     optim = optimizer.state_dict()
     state = {
@@ -327,7 +255,7 @@ def _warm_start(source: Path, model: torch.nn.Module, optimizer: torch.optim.Opt
     if path.name == STATE:
         log.info("starting from %s at its step %d", source, _load(load_state(path), model, optimizer))
         return
-    trained, cfg = load_reference(source)
+    trained, cfg = load_reference(source, "cpu")
     if cfg != model_cfg:
         raise ValueError(f"the checkpoint in {source} is not of this run's model preset")
     model.load_state_dict(trained.state_dict())  # a half-precision checkpoint widens to float32 here
@@ -403,7 +331,7 @@ def train(
             step += 1
             record = {"step": step, "loss": loss.item(), "seconds": time.time() - tick, **parts}
             if step % cfg.validate_every == 0 or step == cfg.steps:
-                record.update(validate(model, cfg, tokenizer, pool, mask_size))
+                record.update(validate(model, cfg.seed, cfg.validation_scenes, tokenizer, pool, mask_size))
                 log.info(
                     "step %d: loss %.3f, words median %.3f, random max %.3f",
                     step,

@@ -54,8 +54,11 @@ def write_provenance(path: Path, cfg: TrainConfig, args: argparse.Namespace, cur
         "validation": last_validation(curve),
         path.name: {"sha256": hash_file(path), "bytes": path.stat().st_size},
     }
-    if cfg.init_from:  # what it started from, by the digest of that run's last state or that checkpoint's weights
-        provenance["init_from"] = {"sha256": hash_file(init_source(Path(cfg.init_from)))}
+    if cfg.init_from:  # what it started from: that run's last state or that checkpoint's weights, by digest
+        source = Path(cfg.init_from)
+        provenance["init_from"] = {"sha256": hash_file(init_source(source))}
+        if (source / "PROVENANCE.json").is_file():  # a checkpoint of this script: how it was made, in turn
+            provenance["init_from"]["provenance"] = json.loads((source / "PROVENANCE.json").read_text())
     atomic_write_bytes(path.parent / "PROVENANCE.json", (json.dumps(provenance, indent=2) + "\n").encode())
 
 

@@ -22,11 +22,18 @@ def shipped_weights(tmp_path_factory):
     return convert_shipped(tmp_path_factory.mktemp("shipped") / "weights")
 
 
-def test_provenance_names_the_file():
+def test_provenance_names_the_file_and_every_run_that_made_it():
+    """The file's digest, and each command of the chain of runs behind it: a warm restart's
+    provenance holds the one of the checkpoint it started from, by that file's digest."""
     provenance = json.loads((SHIPPED / "PROVENANCE.json").read_text())
     digest = hashlib.sha256((SHIPPED / "model.safetensors").read_bytes()).hexdigest()
     assert provenance["model.safetensors"]["sha256"] == digest
-    assert provenance["command"].startswith("python scripts/train_scenes.py") and "seed" in provenance
+    while True:
+        assert provenance["command"].startswith("python scripts/train_scenes.py") and "seed" in provenance
+        if "init_from" not in provenance:
+            break
+        assert provenance["init_from"]["sha256"] == provenance["init_from"]["provenance"]["model.safetensors"]["sha256"]
+        provenance = provenance["init_from"]["provenance"]
 
 
 def test_mlx_matches_the_reference_on_the_shipped_weights(shipped_weights, tmp_path):

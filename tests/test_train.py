@@ -16,7 +16,8 @@ pytest.importorskip("sam3")
 pytest.importorskip("torchmetrics")
 pytest.importorskip("scipy")
 
-from mlx_alias.reference.train import CURVE, STATE, TrainConfig, object_scores, separation, train  # noqa: E402
+from mlx_alias.reference.train import CURVE, STATE, TrainConfig, train  # noqa: E402
+from mlx_alias.reference.validation import object_scores, separation  # noqa: E402
 
 SMALL = TrainConfig(steps=4, batch=2, queries=2, warmup=2, checkpoint_every=2, validate_every=4, validation_scenes=2)
 
@@ -125,19 +126,43 @@ def test_a_warm_start_from_a_checkpoint_takes_its_weights_and_refuses_another_pr
         train(tmp_path / "cold", TrainConfig(**{**SMALL.__dict__, "init_from": str(tmp_path / "other")}))
 
 
-def test_validate_scenes_compares_states_on_the_same_scenes(tmp_path):
+def test_the_script_writes_a_checkpoint_whose_provenance_holds_the_one_it_started_from(tmp_path):
+    """``train_scenes.py --init-from CHECKPOINT``: PROVENANCE.json names the digest of the weights
+    it started from and, in turn, how those were made (the chain behind a warm-restarted model)."""
+    script = Path(__file__).parents[1] / "scripts" / "train_scenes.py"
+    small = ["--steps", "2", "--batch", "2", "--queries", "2", "--warmup", "1", "--validation-scenes", "2"]
+
+    def run(out: str, *more: str) -> dict:
+        command = [sys.executable, script, "--out", tmp_path / out, "--checkpoint", tmp_path / f"{out}-model"]
+        done = subprocess.run([*command, *small, "--threads", "1", *more], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return json.loads((tmp_path / f"{out}-model" / "PROVENANCE.json").read_text())
+
+    first = run("first", "--dtype", "float16")
+    second = run("second", "--init-from", str(tmp_path / "first-model"), "--seed", "1")
+    assert "init_from" not in first and second["training"]["seed"] == 1
+    assert second["init_from"]["provenance"] == first
+    assert second["init_from"]["sha256"] == first["model.safetensors"]["sha256"]
+
+
+def test_validate_scenes_compares_states_and_checkpoints_on_the_same_scenes(tmp_path):
+    """A training state and the float32 checkpoint written from it score the same."""
+    from mlx_alias.config import tiny_config
+    from mlx_alias.reference.checkpoint import save_checkpoint
     from mlx_alias.scenes.concepts import WORDS
 
-    train(tmp_path / "run", TrainConfig(**{**SMALL.__dict__, "steps": 2}))
+    model, _ = train(tmp_path / "run", TrainConfig(**{**SMALL.__dict__, "steps": 2}))
+    save_checkpoint(model, tiny_config(), tmp_path / "model", "hf")
     script = Path(__file__).parents[1] / "scripts" / "validate_scenes.py"
     state = tmp_path / "run" / STATE
     done = subprocess.run(
-        [sys.executable, script, state, state, "--seeds", "0", "5", "--scenes", "2", "--threads", "1"],
+        [sys.executable, script, state, tmp_path / "model", "--seeds", "0", "5", "--scenes", "2", "--threads", "1"],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2 * (1 + sum(len(w) for w in WORDS.values())) and "(step 2)" in lines[0]
-    assert lines[0].split(": ", 1)[1] == lines[22].split(": ", 1)[1]  # the same state scores the same
+    assert "(checkpoint)" in lines[22] and lines[0].split(": ", 1)[1] == lines[22].split(": ", 1)[1]
+    assert lines[1:22] == lines[23:]
     assert "words median" in lines[0] and "per stream" in lines[0] and "separation" in lines[1]
