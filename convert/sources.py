@@ -40,7 +40,8 @@ class Checkpoint:
     ignored: dict[str, int] = field(default_factory=dict)  # prefix -> how many keys skipped
 
 
-def _weights_file(source: Path) -> Path:
+def weights_file(source: Path) -> Path:
+    """The weights file of a checkpoint: ``source`` itself, or the one a folder holds."""
     if not source.exists():
         raise CheckpointError(f"{source} does not exist")
     if source.is_dir():
@@ -108,7 +109,7 @@ def _config_beside(path: Path) -> tuple[ModelConfig, str]:
 
 
 def open_checkpoint(source: Path) -> Checkpoint:
-    path = _weights_file(Path(source))
+    path = weights_file(Path(source))
     if path.suffix == ".safetensors":
         layout, raw = TRANSFORMERS, _safetensors_loaders(path)
     elif path.suffix in (".pt", ".pth", ".bin"):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mlx_alias.config import ModelConfig, tiny_config
+from mlx_alias.convert.sources import CheckpointError, weights_file
 from mlx_alias.files import atomic_write_bytes
 from mlx_alias.image import preprocess
 from mlx_alias.scenes.concepts import random_pool, training_queries
@@ -242,10 +243,10 @@ def init_source(source: Path) -> Path:
     """The file a warm start reads: a training folder's last state, or a checkpoint folder's weights."""
     if (source / STATE).is_file():
         return source / STATE
-    for name in ("model.safetensors", "sam3.pt"):
-        if (source / "config.json").is_file() and (source / name).is_file():
-            return source / name
-    raise ValueError(f"{source} holds no training state ({STATE}) nor a checkpoint to start from")
+    try:
+        return weights_file(source)
+    except CheckpointError:
+        raise ValueError(f"{source} holds no training state ({STATE}) nor a checkpoint to start from") from None
 
 
 def _warm_start(source: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig) -> None:
