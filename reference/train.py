@@ -78,9 +78,10 @@ class TrainConfig:
     # step 0: a warm restart that adds steps to a finished run (give it another seed, or it
     # replays the first run's data)
     init_from: str = ""
-    # the share of attribute captions that name the shape alone, beyond the draw's own
-    # (see scenes.concepts.training_queries)
+    # the shares of attribute captions that name the shape alone, and the pattern alone, beyond
+    # the draw's own (see scenes.concepts.training_queries)
     shape_alone: float = 0.0
+    pattern_alone: float = 0.0
 
 
 def find_criterion() -> Sam3LossWrapper:
@@ -131,7 +132,9 @@ def batch_at(step: int, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray
     scenes = [scene(rng) for _ in range(cfg.batch)]
     ids, image_index, boxes, masks, counts = [], [], [], [], []
     for i, sc in enumerate(scenes):
-        for query in training_queries(rng, sc.things, cfg.queries, tokenizer, pool, shape_alone=cfg.shape_alone):
+        for query in training_queries(
+            rng, sc.things, cfg.queries, tokenizer, pool, shape_alone=cfg.shape_alone, pattern_alone=cfg.pattern_alone
+        ):
             chosen = sc.masks[query.covers]
             ids.append(frame_caption(tokenizer, query.ids))
             image_index.append(i)

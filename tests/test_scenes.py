@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 
 from mlx_alias.scenes.concepts import (
     CONCEPTS,
@@ -65,16 +66,18 @@ def test_training_captions_name_what_they_cover():
     assert seen_positive > 60 and seen_negative > 30 and seen_random > 15
 
 
-def test_shape_alone_captions_name_only_a_shape_and_the_default_draw_is_kept():
+@pytest.mark.parametrize("attribute", ["shape", "pattern"])
+def test_single_attribute_captions_name_only_it_and_the_default_draw_is_kept(attribute):
     tokenizer = load_tokenizer()
-    pool, shapes = random_pool(tokenizer), set(WORDS["shape"].values())
+    pool, words = random_pool(tokenizer), set(WORDS[attribute].values())
     sc = scene(2)
+    alone = {f"{attribute}_alone": 1.0}
     named = [
         q
-        for q in training_queries(np.random.default_rng(0), sc.things, 200, tokenizer, pool, shape_alone=1.0)
+        for q in training_queries(np.random.default_rng(0), sc.things, 200, tokenizer, pool, **alone)
         if set(q.ids) <= vocabulary_ids(tokenizer)
     ]
-    assert len(named) > 100 and all(tokenizer.decode(q.ids) in shapes for q in named)
+    assert len(named) > 100 and all(tokenizer.decode(q.ids) in words for q in named)
     assert any(q.covers.any() for q in named) and any(not q.covers.any() for q in named)
     # without it, the draw is the one the shipped model was trained on (pinned by its digest),
     # so that model's training command still makes it

@@ -112,11 +112,13 @@ def training_queries(
     positive: float = 0.5,
     random: float = 0.15,
     shape_alone: float = 0.0,
+    pattern_alone: float = 0.0,
 ) -> list[Query]:
     """``count`` captions for a scene: about ``positive`` of them name an object's attributes
     (one to four of them), ``random`` are random tokens, the rest name attributes no object has.
-    Of the captions that name attributes, ``shape_alone`` more name the shape and nothing else
-    (shapes are what the model learns last; 0 draws nothing extra from ``rng``)."""
+    Of the captions that name attributes, ``shape_alone`` more name the shape and nothing else,
+    ``pattern_alone`` the pattern (shapes, then patterns, are what the model learns last; with
+    both 0 nothing extra is drawn from ``rng``, so earlier runs' data is kept)."""
     values = {"size": SIZES, "pattern": PATTERNS, "colour": tuple(COLOURS), "shape": SHAPES}
     queries = []
     for _ in range(count):
@@ -125,8 +127,11 @@ def training_queries(
             length = int(rng.integers(RANDOM_LENGTHS[0], RANDOM_LENGTHS[1] + 1))
             queries.append(Query(tuple(int(i) for i in rng.choice(pool, length)), np.zeros(len(things), bool)))
             continue
-        if shape_alone and rng.random() < shape_alone:
+        alone = rng.random() if shape_alone or pattern_alone else 1.0
+        if alone < shape_alone:
             chosen = ["shape"]
+        elif alone < shape_alone + pattern_alone:
+            chosen = ["pattern"]
         else:
             chosen = [a for a in ATTRIBUTES if rng.random() < 0.4] or [ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]]
         if draw < random + positive and things:
