@@ -140,3 +140,58 @@ def planted(search_weights, search_model, tmp_path_factory) -> tuple[Path, float
     )
     assert result.exit_code == 0, result.output
     return root / "dataset", threshold
+
+
+@pytest.fixture(scope="module")
+def world(search_model):
+    """A search phase's world on the search model: two random images (a box to find, and a
+    negative), a small random vocabulary (so that leaks show), contexts over them that share
+    one memo of exact scores (the same model, images and objective give the same scores), and
+    three random 4-token starts scored: (context(seed), starts)."""
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
+    from mlx_alias.search.phase import SearchContext
+    from mlx_alias.search.scorer import Scorer
+    from mlx_alias.tokenizer import load_tokenizer
+
+    rng = np.random.default_rng(0)
+    features = search_model.encode_image(mx.array(rng.uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)))
+    size = features.levels[0].shape[1]
+    box = np.zeros((size, size), bool)
+    box[10:40, 20:50] = True
+    nothing = np.zeros_like(box)
+    targets = [MaskTarget(box[None], nothing), MaskTarget(np.zeros((0, size, size), bool), nothing)]
+    # the surrogate's temperatures fixed
+    scorer = Scorer(search_model, features, targets, ObjectiveConfig(temperature=0.05, mask_temperature=1.0))
+    tokenizer = load_tokenizer()
+    allowed = np.zeros(tokenizer.eot_id + 1, bool)
+    allowed[rng.choice(np.arange(1, tokenizer.sot_id), 3000, replace=False)] = True
+    seen: dict = {}
+
+    def context(seed: int = 1) -> SearchContext:
+        return SearchContext(search_model, scorer, tokenizer, allowed, 4, np.random.default_rng(seed), seen)
+
+    starts = [tuple(int(t) for t in rng.choice(np.flatnonzero(allowed), 4)) for _ in range(3)]
+    return context, context().evaluate(starts)
+
+
+@pytest.fixture(scope="module")
+def task(search_model):
+    """A category task on the search model: two random images, each with one box to find."""
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_alias.data.coco import Category
+    from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
+    from mlx_alias.search.scorer import Scorer
+    from mlx_alias.search.task import CategoryTask
+
+    rng = np.random.default_rng(2)
+    features = search_model.encode_image(mx.array(rng.uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)))
+    size = features.levels[0].shape[1]
+    box = np.zeros((size, size), bool)
+    box[30:90, 10:70] = True
+    targets = [MaskTarget(box[None], np.zeros_like(box)), MaskTarget(box[None, ::-1], np.zeros_like(box))]
+    return CategoryTask(Category(1, None), None, Scorer(search_model, features, targets, ObjectiveConfig()), None)

@@ -26,33 +26,10 @@ from mlx_alias.search.discrete import (
 from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
 from mlx_alias.search.phase import SearchContext
 from mlx_alias.search.scorer import Scorer
-from mlx_alias.tokenizer import load_tokenizer
 
-CFG = ObjectiveConfig(temperature=0.05, mask_temperature=1.0)  # the surrogate's, fixed
+CFG = ObjectiveConfig(temperature=0.05, mask_temperature=1.0)  # the surrogate's, fixed (as the world's)
 GCG = GcgConfig(steps=2, candidates=5, top_k=8, swaps_per_candidate=2)
 EVOLUTION = EvolutionConfig(generations=2, population=5, elite=2, neighbours=8)
-
-
-@pytest.fixture(scope="module")
-def world(search_model):
-    rng = np.random.default_rng(0)
-    features = search_model.encode_image(mx.array(rng.uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)))
-    size = features.levels[0].shape[1]
-    box = np.zeros((size, size), bool)
-    box[10:40, 20:50] = True
-    nothing = np.zeros_like(box)
-    targets = [MaskTarget(box[None], nothing), MaskTarget(np.zeros((0, size, size), bool), nothing)]  # + a negative
-    scorer = Scorer(search_model, features, targets, CFG)
-    tokenizer = load_tokenizer()
-    allowed = np.zeros(tokenizer.eot_id + 1, bool)  # a small random vocabulary, so that leaks show
-    allowed[rng.choice(np.arange(1, tokenizer.sot_id), 3000, replace=False)] = True
-    seen: dict = {}
-
-    def context(seed: int = 1) -> SearchContext:
-        return SearchContext(search_model, scorer, tokenizer, allowed, 4, np.random.default_rng(seed), seen)
-
-    starts = [tuple(int(t) for t in rng.choice(np.flatnonzero(allowed), 4)) for _ in range(3)]
-    return context, context().evaluate(starts)
 
 
 def _json(state: dict) -> dict:

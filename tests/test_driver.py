@@ -9,18 +9,14 @@ import pickle
 from dataclasses import replace
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_alias.data.coco import Category
 from mlx_alias.search import driver
 from mlx_alias.search.discrete import EvolutionConfig, GcgConfig
 from mlx_alias.search.driver import SearchConfig, search_category
-from mlx_alias.search.objective import MaskTarget, ObjectiveConfig
 from mlx_alias.search.scorer import Scorer
 from mlx_alias.search.soft import SoftConfig
-from mlx_alias.search.task import CategoryTask
 from mlx_alias.tokenizer import load_tokenizer
 
 # Evolution that gives up after two generations without gain: each round ends long before
@@ -33,17 +29,6 @@ CONFIG = SearchConfig(
     round_patience=2,
     evolution=EvolutionConfig(generations=3, patience=2, population=4),
 )
-
-
-@pytest.fixture(scope="module")
-def task(search_model) -> CategoryTask:
-    rng = np.random.default_rng(2)
-    features = search_model.encode_image(mx.array(rng.uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)))
-    size = features.levels[0].shape[1]
-    box = np.zeros((size, size), bool)
-    box[30:90, 10:70] = True
-    targets = [MaskTarget(box[None], np.zeros_like(box)), MaskTarget(box[None, ::-1], np.zeros_like(box))]
-    return CategoryTask(Category(1, None), None, Scorer(search_model, features, targets, ObjectiveConfig()), None)
 
 
 def _run(task, model, state: Path | None, config: SearchConfig = CONFIG):

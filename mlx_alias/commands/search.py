@@ -45,7 +45,7 @@ def command(
     phases: str = typer.Option(
         "soft,evolution,gcg",
         "--phases",
-        help="Comma-separated search phases in order, among concept, soft, evolution, gcg.",
+        help="Comma-separated search phases in order, among sweep, concept, soft, evolution, gcg.",
     ),
     soft_starts: int = typer.Option(
         8,

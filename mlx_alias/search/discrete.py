@@ -57,11 +57,6 @@ def _unpack(d: dict[str, Any]) -> Candidate:
     return Candidate(tuple(int(t) for t in d["tokens"]), float(d["score"]))
 
 
-def _phase_rng(ctx: SearchContext) -> np.random.Generator:
-    """A phase-own generator, so its state alone makes a continuation bit-identical."""
-    return np.random.default_rng(int(ctx.rng.integers(2**63)))
-
-
 @dataclass(frozen=True)
 class GcgConfig:
     steps: int = 100  # most steps
@@ -86,7 +81,7 @@ class GcgPhase:
         self.current = start
         self.steps = 0
         self.stale = 0  # steps since the last improvement
-        self.rng = _phase_rng(ctx)
+        self.rng = ctx.phase_rng()
         self._table: mx.array | None = None
         self._near: Neighbours | None = None
         self._top: np.ndarray | None = None  # top tokens of ``current``: the same until it changes
@@ -211,7 +206,7 @@ class EvolutionPhase:
         self._best = self.population[0]
         self.generations = 0
         self.stale = 0  # generations since the best last improved
-        self.rng = _phase_rng(ctx)
+        self.rng = ctx.phase_rng()
         self.allowed_ids = np.flatnonzero(ctx.allowed)
         self._neighbours: Neighbours | None = None
 

@@ -1,6 +1,6 @@
 """The search of one category: start candidates, then the phases in turn (by default soft
-prompt with projection, evolution, GCG swaps; optionally the visual concept first), each
-spending its share of the evaluation budget, with the whole state checkpointed after every
+prompt with projection, evolution, GCG swaps; optionally the vocabulary sweep or the visual
+concept first), each spending its share of the evaluation budget (the sweep what it costs), with the whole state checkpointed after every
 step so that a killed run resumes exactly. Unless the objective gives them, the surrogate's
 temperatures are first scaled to the model's outputs on random aliases (``Scorer.calibrated``).
 
@@ -31,6 +31,7 @@ from .objective import ObjectiveConfig
 from .phase import Candidate, SearchContext, ids_of
 from .soft import SoftConfig, SoftPromptPhase
 from .state import StateError, load_state, save_state
+from .sweep import SweepConfig, SweepPhase, sweep_cost
 from .task import CategoryTask
 from .vocab import allowed_tokens
 
@@ -45,7 +46,10 @@ SURROGATE_PHASES = frozenset({"soft", "gcg"})
 
 # Each phase's share of the budget (``SearchConfig.with_phases`` rescales them to the phases
 # chosen); the concept phase's is small, as it spends exact evaluations on a few projections only.
-PHASE_SHARES = {"concept": 0.05, "soft": 0.3, "evolution": 0.45, "gcg": 0.25}
+# The sweep's is none: it spends what the vocabulary costs (``sweep_cost``), in the first round
+# only, and the phases after it share what it leaves.
+PHASE_SHARES = {"sweep": 0.0, "concept": 0.05, "soft": 0.3, "evolution": 0.45, "gcg": 0.25}
+FIRST_ROUND_ONLY = frozenset({"sweep"})
 DEFAULT_PHASES = ("soft", "evolution", "gcg")
 
 
@@ -77,13 +81,14 @@ class SearchConfig:
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     # Alignment needs no images, so its optimum comes within a few tens of steps.
     concept: SoftConfig = field(default_factory=lambda: SoftConfig(init="random", steps=60, patience=3))
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def with_phases(self, names: tuple[str, ...]) -> SearchConfig:
         """These phases in this order, the budget shared in proportion to ``PHASE_SHARES``."""
         unknown = [n for n in names if n not in PHASE_SHARES]
         if unknown or not names or len(set(names)) != len(names):
             raise ValueError(f"phases must be distinct names among {', '.join(PHASE_SHARES)}, got {','.join(names)!r}")
-        total = sum(PHASE_SHARES[n] for n in names)
+        total = sum(PHASE_SHARES[n] for n in names) or 1.0
         return dataclasses.replace(self, phases=tuple(names), shares=tuple(PHASE_SHARES[n] / total for n in names))
 
 
@@ -123,7 +128,7 @@ class RoundMark:
 
     round: int
     phase: int  # index into SearchConfig.phases
-    spent: int  # evaluations when the round began
+    spent: int  # evaluations when the round began (or its sweep ended): what its phases share out
     seen: int  # candidates seen when the round began (``ctx.seen`` keeps insertion order)
     best: float  # best score when the round began
     stale: int = 0  # rounds in a row that ended without a better best
@@ -159,6 +164,8 @@ def _phase(name: str, ctx: SearchContext, cfg: SearchConfig, starts: list[Candid
         return EvolutionPhase(ctx, cfg.evolution, starts)
     if name == "concept":
         return ConceptPhase(ctx, cfg.concept, starts)
+    if name == "sweep":
+        return SweepPhase(ctx, cfg.sweep, starts)
     raise ValueError(f"unknown search phase {name!r} ({', '.join(PHASE_SHARES)})")
 
 
@@ -224,6 +231,15 @@ class CategorySearch:
         self.ctx = SearchContext(
             model, task.train, tokenizer, allowed, length, np.random.default_rng([cfg.seed, task.category.id])
         )
+        if "sweep" in cfg.phases:
+            positives = sum(t.masks.shape[0] > 0 for t in task.train.targets)
+            cost = sweep_cost(allowed, positives, task.train.images, cfg.sweep)
+            if cfg.budget <= cost:
+                raise ValueError(
+                    f"the sweep of {int(allowed.sum())} tokens costs up to {cost} evaluations a length, "
+                    f"more than the budget of {cfg.budget}: give a budget above it (the other phases "
+                    "share what the sweep leaves) or leave the sweep out"
+                )
         if SURROGATE_PHASES.intersection(cfg.phases):
             self.ctx.objective = task.train.calibrated(
                 ids_of(tokenizer, _calibration_prompts(cfg, task, allowed, length))
@@ -286,8 +302,11 @@ class CategorySearch:
         alias scores perfectly; checkpoint after every step, and yield the step once its
         checkpoint is written. Returns the best candidate."""
         cfg, at, task = self.cfg, self.at, self.task
-        # each round shares out what is left of the budget as the first round did
-        limit = at.spent + int((cfg.budget - at.spent) * sum(cfg.shares[: at.phase + 1]))
+        # each round shares out what is left of the budget as the first round did (the sweep
+        # stops on its own once the vocabulary is screened)
+        limit = (
+            cfg.budget if name == "sweep" else at.spent + int((cfg.budget - at.spent) * sum(cfg.shares[: at.phase + 1]))
+        )
         self.ctx.limit = limit
         phase, rng_before = self.open_phase(name)
         while not phase.done and task.train.evaluations < limit and best.score < PERFECT:
@@ -304,9 +323,11 @@ class CategorySearch:
             yield step
         return best
 
-    def next_phase(self) -> None:
-        """The next phase starts from this round's best, not from earlier rounds' basins."""
-        self.at = dataclasses.replace(self.at, phase=self.at.phase + 1)
+    def next_phase(self, swept: bool = False) -> None:
+        """The next phase starts from this round's best, not from earlier rounds' basins. After
+        a sweep (``swept``), the phases left share the budget it left."""
+        spent = self.task.train.evaluations if swept else self.at.spent
+        self.at = dataclasses.replace(self.at, phase=self.at.phase + 1, spent=spent)
         this_round = {t: self.ctx.seen[t] for t in list(self.ctx.seen)[self.at.seen :]}
         self.starts = _top(this_round, max(self.cfg.evolution.population, 1), self.keep) or self.starts
 
@@ -332,8 +353,11 @@ class CategorySearch:
             if self.starts is None:  # 1. a new round: fresh random starts, away from the last round's basin
                 self.starts = _random_starts(self.ctx, cfg, [])
             while self.at.phase < len(cfg.phases) and best.score < PERFECT:  # 2. its phases in turn
-                best = yield from self.run_phase(cfg.phases[self.at.phase], best)
-                self.next_phase()
+                name = cfg.phases[self.at.phase]
+                runs = self.at.round == 0 or name not in FIRST_ROUND_ONLY
+                if runs:
+                    best = yield from self.run_phase(name, best)
+                self.next_phase(swept=runs and name == "sweep")
             self.close_round(best)  # 3. the round's end: did it find a better alias?
         return Outcome(best, train.evaluations, self.curve, self.at.round, self.ctx.objective)
 

@@ -51,6 +51,10 @@ class SearchContext:
         """``Scorer.surrogate`` under our objective (the scorer's own where we hold none)."""
         return self.scorer.surrogate(embeddings, padding, self.objective, images)
 
+    def phase_rng(self) -> np.random.Generator:
+        """A phase-own generator, so its state alone makes a continuation bit-identical."""
+        return np.random.default_rng(int(self.rng.integers(2**63)))
+
     def affordable(self) -> int:
         """How many more candidates the budget pays for (at least one, so a step always moves)."""
         if self.limit is None:

@@ -110,6 +110,14 @@ class ExactScorer:
             results[c].append(result)
         return [aggregate(r, self.config) for r in results]
 
+    def screen(self, ids: np.ndarray, images: list[int]) -> np.ndarray:
+        """Token id rows [C, context] -> [C] each candidate's mean quality on ``images`` alone
+        (positive images: the part of the score a candidate can earn there); ``len(images)``
+        evaluations a candidate."""
+        pairs = [(c, i) for c in range(len(ids)) for i in images]
+        quality = np.array([r.quality for r in self._score_pairs(self._encode(ids), pairs)])
+        return quality.reshape(len(ids), len(images)).mean(axis=1)
+
     def upper_bound(self, results: dict[int, ImageResult]) -> float:
         """The highest split score a candidate can still reach given its results on some images:
         every image not yet scored perfect (quality 1 on a positive, no prediction on a negative)."""

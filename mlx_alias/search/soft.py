@@ -112,7 +112,7 @@ class SoftPromptPhase:
         self.index = TokenIndex(table, ctx.allowed)
         self.span = principal_span(table, config.span_energy)
         # Our own generator, seeded from the driver's, so that our draws are saved with us.
-        self.rng = np.random.default_rng(int(ctx.rng.integers(2**63)))
+        self.rng = ctx.phase_rng()
         chosen = starts[: config.starts] if config.init == "tokens" else []
         pool = np.flatnonzero(ctx.allowed)
         ids = [c.tokens for c in chosen] + [
