@@ -22,7 +22,11 @@ def command(
         [4], "--length", min=1, max=30, help="Alias length in tokens; repeat to search several (the best is kept)."
     ),
     budget: int = typer.Option(
-        6000, "--budget", min=1, help="Exact evaluations (candidate x training image) per category and length."
+        6000,
+        "--budget",
+        min=1,
+        help="Exact evaluations (candidate x training image) per category and length; "
+        "with the sweep, more than its cost (every allowed token once, then at most 64 tokens per training image).",
     ),
     holdout: float = typer.Option(
         0.25, "--holdout", min=0.0, max=0.95, help="Fraction of images held out per category."
