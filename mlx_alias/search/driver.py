@@ -1,8 +1,9 @@
 """The search of one category: start candidates, then the phases in turn (by default soft
 prompt with projection, evolution, GCG swaps; optionally the vocabulary sweep or the visual
-concept first), each spending its share of the evaluation budget (the sweep what it costs), with the whole state checkpointed after every
-step so that a killed run resumes exactly. Unless the objective gives them, the surrogate's
-temperatures are first scaled to the model's outputs on random aliases (``Scorer.calibrated``).
+concept first), each spending its share of the evaluation budget (the sweep what it costs),
+with the whole state checkpointed after every step so that a killed run resumes exactly. Unless
+the objective gives them, the surrogate's temperatures are first scaled to the model's outputs
+on random aliases (``Scorer.calibrated``).
 
 Budget: exact evaluations, one candidate scored on one training image. A phase gets its share
 plus whatever earlier phases left unspent. When every phase has stopped on its own with budget
