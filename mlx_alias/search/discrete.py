@@ -18,7 +18,7 @@ import numpy as np
 
 from mlx_alias.model.text import padding_of
 
-from .phase import Candidate, SearchContext
+from .phase import Candidate, SearchContext, pack, unpack
 
 Tokens = tuple[int, ...]
 
@@ -47,14 +47,6 @@ def top_tokens(gradient: np.ndarray, allowed: np.ndarray, tokens: Tokens, k: int
     masked = np.where(allowed, gradient, -np.inf)
     masked[np.arange(len(tokens)), list(tokens)] = -np.inf
     return largest(masked, min(k, int(np.isfinite(masked).sum(1).min())))
-
-
-def _pack(c: Candidate) -> dict[str, Any]:
-    return {"tokens": list(c.tokens), "score": c.score}
-
-
-def _unpack(d: dict[str, Any]) -> Candidate:
-    return Candidate(tuple(int(t) for t in d["tokens"]), float(d["score"]))
 
 
 @dataclass(frozen=True)
@@ -144,14 +136,14 @@ class GcgPhase:
 
     def state(self) -> dict[str, Any]:
         return {
-            "current": _pack(self.current),
+            "current": pack(self.current),
             "steps": self.steps,
             "stale": self.stale,
             "rng": self.rng.bit_generator.state,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.current = _unpack(state["current"])
+        self.current = unpack(state["current"])
         self.steps, self.stale = int(state["steps"]), int(state["stale"])
         self.rng.bit_generator.state = state["rng"]
         self._top = None
@@ -275,16 +267,16 @@ class EvolutionPhase:
 
     def state(self) -> dict[str, Any]:
         return {
-            "population": [_pack(c) for c in self.population],
-            "best": _pack(self._best),
+            "population": [pack(c) for c in self.population],
+            "best": pack(self._best),
             "generations": self.generations,
             "stale": self.stale,
             "rng": self.rng.bit_generator.state,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.population = [_unpack(c) for c in state["population"]]
-        self._best = _unpack(state["best"])
+        self.population = [unpack(c) for c in state["population"]]
+        self._best = unpack(state["best"])
         self.generations, self.stale = int(state["generations"]), int(state["stale"])
         self.rng.bit_generator.state = state["rng"]
 

@@ -28,6 +28,15 @@ class Candidate:
     score: float  # exact score on the training images
 
 
+def pack(c: Candidate) -> dict[str, Any]:
+    """A candidate as JSON values, for a phase's ``state()``."""
+    return {"tokens": list(c.tokens), "score": c.score}
+
+
+def unpack(d: dict[str, Any]) -> Candidate:
+    return Candidate(tuple(int(t) for t in d["tokens"]), float(d["score"]))
+
+
 def ids_of(tokenizer: Tokenizer, candidates: list[tuple[int, ...]]) -> np.ndarray:
     """Content id tuples -> framed rows [C, context] (start, ids, end, padding)."""
     return np.concatenate([tokenizer.from_content_ids(c, CONTEXT_LENGTH) for c in candidates])

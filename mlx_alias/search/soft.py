@@ -22,7 +22,7 @@ import numpy as np
 
 from mlx_alias.tokenizer import CONTEXT_LENGTH
 
-from .phase import Candidate, SearchContext
+from .phase import Candidate, SearchContext, pack, unpack
 from .scorer import Scorer
 from .vocab import TokenIndex, principal_span
 
@@ -241,7 +241,7 @@ class SoftPromptPhase:
             "taken": self.taken,
             "stale": list(self.stale),
             "value": self.value,
-            "bests": [None if c is None else {"tokens": list(c.tokens), "score": c.score} for c in self.bests],
+            "bests": [None if c is None else pack(c) for c in self.bests],
             "rng": self.rng.bit_generator.state,
         }
 
@@ -250,8 +250,5 @@ class SoftPromptPhase:
             raise ValueError(f"saved soft prompts are {state['vectors'].shape}, expected {tuple(self.vectors.shape)}")
         self.vectors, self.m, self.v = (mx.array(state[k], dtype=mx.float32) for k in ("vectors", "m", "v"))
         self.taken, self.stale, self.value = int(state["taken"]), [int(s) for s in state["stale"]], state["value"]
-        self.bests = [
-            None if c is None else Candidate(tuple(int(i) for i in c["tokens"]), float(c["score"]))
-            for c in state["bests"]
-        ]
+        self.bests = [None if c is None else unpack(c) for c in state["bests"]]
         self.rng.bit_generator.state = state["rng"]

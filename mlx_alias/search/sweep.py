@@ -8,7 +8,7 @@ The screen keeps a token only if it earns some quality on the screen images (a c
 a positive image); the kept tokens, best first, are then raced on every training image against
 the best alias so far, so that the phases after it start from the winners.
 
-Its cost is fixed by the vocabulary, not a share of the budget: ``cost`` evaluations, counted
+Its cost is fixed by the vocabulary, not a share of the budget: ``sweep_cost`` evaluations at most, counted
 in the budget, after which the other phases share what is left. It runs in a search's first
 round only: a later round would screen the same tokens on the same images again.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .phase import Candidate, SearchContext, ids_of
+from .phase import Candidate, SearchContext, ids_of, pack, unpack
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,12 @@ class SweepPhase:
         return {
             "position": self.position,
             "kept": [[t, q] for t, q in self.kept.items()],
-            "raced": [[list(c.tokens), c.score] for c in self.raced],
+            "raced": [pack(c) for c in self.raced],
             "finished": self.finished,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.position = int(state["position"])
         self.kept = {int(t): float(q) for t, q in state["kept"]}
-        self.raced = [Candidate(tuple(int(t) for t in tokens), float(s)) for tokens, s in state["raced"]]
+        self.raced = [unpack(c) for c in state["raced"]]
         self.finished = bool(state["finished"])
