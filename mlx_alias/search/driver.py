@@ -234,7 +234,7 @@ class CategorySearch:
         )
         if "sweep" in cfg.phases:
             positives = sum(t.masks.shape[0] > 0 for t in task.train.targets)
-            cost = sweep_cost(allowed, positives, task.train.images, cfg.sweep)
+            cost = sweep_cost(allowed, positives, task.train.images, cfg.sweep, length)
             if cfg.budget <= cost:
                 raise ValueError(
                     f"the sweep of {int(allowed.sum())} tokens costs up to {cost} evaluations a length, "
