@@ -22,14 +22,14 @@ IMAGES = 24  # the search's dataset: train and holdout
 TEST_IMAGES = 48  # unseen scenes the search never sees
 LENGTHS = (1,)  # the model's own word for the concept is one token
 # The sweep, then evolution and GCG: the model's own word for the concept is one token, which a
-# screen of every token on two training images finds; from random starts the trained model
+# screen of every token on one training image finds; from random starts the trained model
 # predicts nothing, so the gradient seldom points to it and evolution finds it only by chance.
 # The soft phase's gradient steps over every training image take minutes on 2 cores
 # (docs/method.md, "Phases").
 PHASES = ("sweep", "evolution", "gcg")
-# exact evaluations: the sweep's (49,405 tokens on two images, then at most 64 raced on the 18
+# exact evaluations: the sweep's (49,405 tokens on one image, then at most 64 raced on the 18
 # training images) and about the search's default 6,000 for the phases after it
-BUDGET = 106_000
+BUDGET = 57_000
 
 
 def demo(

@@ -82,6 +82,8 @@ class TrainConfig:
     # the draw's own (see scenes.concepts.training_queries)
     shape_alone: float = 0.0
     pattern_alone: float = 0.0
+    # the share of attribute captions that name two values of one attribute, covering either
+    either: float = 0.0
 
 
 def find_criterion() -> Sam3LossWrapper:
@@ -133,7 +135,14 @@ def batch_at(step: int, cfg: TrainConfig, tokenizer: Tokenizer, pool: np.ndarray
     ids, image_index, boxes, masks, counts = [], [], [], [], []
     for i, sc in enumerate(scenes):
         for query in training_queries(
-            rng, sc.things, cfg.queries, tokenizer, pool, shape_alone=cfg.shape_alone, pattern_alone=cfg.pattern_alone
+            rng,
+            sc.things,
+            cfg.queries,
+            tokenizer,
+            pool,
+            shape_alone=cfg.shape_alone,
+            pattern_alone=cfg.pattern_alone,
+            either=cfg.either,
         ):
             chosen = sc.masks[query.covers]
             ids.append(frame_caption(tokenizer, query.ids))
@@ -337,11 +346,12 @@ def train(
             if step % cfg.validate_every == 0 or step == cfg.steps:
                 record.update(validate(model, cfg.seed, cfg.validation_scenes, tokenizer, pool, mask_size))
                 log.info(
-                    "step %d: loss %.3f, words median %.3f, random max %.3f",
+                    "step %d: loss %.3f, words median %.3f, random max %.3f, either median %.3f",
                     step,
                     loss.item(),
                     record["words_median"],
                     record["random_max"],
+                    record["either_median"],
                 )
             curve.write(json.dumps(record) + "\n")
             curve.flush()

@@ -1,7 +1,8 @@
 """Validation of the scene world's tiny SAM3 during and after training: each of the model's
 words as a prompt on unseen scenes (the ``count`` first of the stream of a run's ``seed``, never
 trained on), scored with the project's objective at sam3's threshold 0.5, random captions from
-outside the vocabulary, and each word's separation of the objects it names from the others."""
+outside the vocabulary, each word's separation of the objects it names from the others, and a
+few captions of two values of one attribute (``EITHER``), which cover the objects with either."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ from mlx_alias.tokenizer import CONTEXT_LENGTH, Tokenizer
 from . import runners
 
 VALIDATION_SEED = 10**9  # validation scenes come from their own stream, never trained on
+# two values of one attribute in one caption (``training_queries``' ``either``), on the benchmark's
+# composites' lines (warm, cool, pointy) and one pattern
+EITHER = (
+    ("colour", "red", "yellow"),
+    ("colour", "blue", "green"),
+    ("shape", "star", "triangle"),
+    ("pattern", "striped", "dotted"),
+)
 
 
 def frame_caption(tokenizer: Tokenizer, ids: tuple[int, ...]) -> np.ndarray:
@@ -50,10 +59,13 @@ def validate(
     """The project's objective at sam3's threshold 0.5 on unseen scenes: each of the model's
     words as a category, and random captions from outside its vocabulary; and per word, how well
     its scores separate the objects it names from the others (``separation``), which shows a
-    word being learned before its scores pass the threshold."""
+    word being learned before its scores pass the threshold; and the ``EITHER`` captions, each
+    covering the objects with one of its two values."""
     rng = np.random.default_rng(VALIDATION_SEED + seed)
     scenes = [scene(rng) for _ in range(count)]
-    captions = [(word, attribute, value) for attribute, words in WORDS.items() for value, word in words.items()]
+    captions = [(word, attribute, (value,)) for attribute, words in WORDS.items() for value, word in words.items()]
+    words = len(captions)
+    captions += [(f"{WORDS[a][v]} {WORDS[a][w]}", a, (v, w)) for a, v, w in EITHER]
     randoms = [tuple(int(i) for i in rng.choice(pool, 2)) for _ in range(8)]
     pixels = torch.from_numpy(np.stack([preprocess(sc.image, SIZE) for sc in scenes]).transpose(0, 3, 1, 2).copy())
     ids = np.stack(
@@ -62,7 +74,7 @@ def validate(
     )
     objective = ObjectiveConfig(threshold=0.5)
     results: list[list] = [[] for _ in ids]
-    named: dict[str, tuple[list, list]] = {w: ([], []) for w, _, _ in captions}  # objects without, with
+    named: dict[str, tuple[list, list]] = {w: ([], []) for w, _, _ in captions[:words]}  # objects without, with
     with torch.no_grad():
         features = runners.image_features(model, pixels)
         text = runners.text_features_from_ids(model, torch.from_numpy(ids))
@@ -72,21 +84,25 @@ def validate(
             objects = area_resize(sc.masks, *logits.shape[-2:])
             for c in range(len(ids)):
                 if c < len(captions):
-                    word, attribute, value = captions[c]
-                    has = [t.value(attribute) == value for t in sc.things]
-                    for thing_has, best in zip(has, object_scores(scores[c], logits[c], objects)):
-                        named[word][thing_has].append(float(best))
+                    name, attribute, values = captions[c]
+                    has = [t.value(attribute) in values for t in sc.things]
+                    if c < words:
+                        for thing_has, best in zip(has, object_scores(scores[c], logits[c], objects)):
+                            named[name][thing_has].append(float(best))
                     covered = sc.masks[has]
                 else:
                     covered = sc.masks[:0]
                 target = MaskTarget(area_resize(covered, mask_size, mask_size), np.zeros((mask_size, mask_size), bool))
                 results[c].append(score_image(scores[c], logits[c], target, objective))
-    per_word = {captions[c][0]: aggregate(results[c], objective).score for c in range(len(captions))}
+    per_caption = {captions[c][0]: aggregate(results[c], objective).score for c in range(len(captions))}
+    per_word, either = dict(list(per_caption.items())[:words]), dict(list(per_caption.items())[words:])
     random_scores = [aggregate(results[len(captions) + r], objective).score for r in range(len(randoms))]
     return {
         "words_median": float(np.median(list(per_word.values()))),
         "random_max": float(max(random_scores)),
         "random_median": float(np.median(random_scores)),
+        "either_median": float(np.median(list(either.values()))),
         **{f"word/{w}": s for w, s in per_word.items()},
+        **{f"either/{w}": s for w, s in either.items()},
         **{f"separation/{w}": separation(with_it, without) for w, (without, with_it) in named.items()},
     }

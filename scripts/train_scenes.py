@@ -38,10 +38,9 @@ from mlx_alias.reference.train import CURVE, TrainConfig, init_source, train
 def last_validation(curve: Path) -> dict:
     """The last validation record of a learning curve (the losses left out)."""
     records = [json.loads(line) for line in curve.read_text().splitlines() if "words_median" in line]
-    keep = ("step", "words_median", "random_max", "random_median")
-    return (
-        {k: v for k, v in records[-1].items() if k in keep or k.startswith(("word/", "separation/"))} if records else {}
-    )
+    keep = ("step", "words_median", "random_max", "random_median", "either_median")
+    prefixes = ("word/", "separation/", "either/")
+    return {k: v for k, v in records[-1].items() if k in keep or k.startswith(prefixes)} if records else {}
 
 
 def write_provenance(path: Path, cfg: TrainConfig, args: argparse.Namespace, curve: Path) -> None:

@@ -66,6 +66,8 @@ def main() -> None:
         )
         for w in words:
             print(f"  {w:10s} score {score[w]:6.3f}  separation {separation[w]:.3f}")
+        for pair in [k.removeprefix("either/") for k in runs[0] if k.startswith("either/")]:
+            print(f"  {pair:18s} score {np.mean([r[f'either/{pair}'] for r in runs]):6.3f} (either of two)")
 
 
 if __name__ == "__main__":

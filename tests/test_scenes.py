@@ -86,6 +86,32 @@ def test_single_attribute_captions_name_only_it_and_the_default_draw_is_kept(att
     assert digest[:16] == "536c24df03101f4f"
 
 
+def test_either_captions_name_two_values_of_one_attribute_and_cover_objects_with_either():
+    tokenizer = load_tokenizer()
+    pool, rng = random_pool(tokenizer), np.random.default_rng(3)
+    count, canonical = 0, 0  # captions, and those naming the two values in the order WORDS lists them
+    for i in range(30):
+        sc = scene(i)
+        for query in training_queries(rng, sc.things, 8, tokenizer, pool, either=1.0):
+            if not set(query.ids) <= vocabulary_ids(tokenizer):
+                continue  # a random caption
+            words = tokenizer.decode(query.ids).split()
+            named = {
+                a: tuple(v for w in words for v, word in WORDS[a].items() if word == w)
+                for a in WORDS
+                if any(w in WORDS[a].values() for w in words)
+            }
+            two = [a for a, v in named.items() if len(v) == 2]
+            assert len(two) == 1 and all(len(v) == 1 for a, v in named.items() if a not in two)
+            assert caption({a: v if len(v) == 2 else v[0] for a, v in named.items()}).split() == words
+            either = [all(t.value(a) in v for a, v in named.items()) for t in sc.things]
+            assert query.covers.tolist() == either
+            count += 1
+            first, second = named[two[0]]  # in the caption's order
+            canonical += list(WORDS[two[0]]).index(first) < list(WORDS[two[0]]).index(second)
+    assert count > 100 and 0 < canonical < count  # both orders occur
+
+
 def test_benchmark_labels_are_never_trained():
     tokenizer = load_tokenizer()
     held = held_out_ids(tokenizer)

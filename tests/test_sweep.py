@@ -119,7 +119,7 @@ CONFIG = SearchConfig(
     budget=700,
     random_starts=3,
     round_patience=10**6,
-    sweep=SweepConfig(images=1, keep=4, pairs=2, chunk=64),
+    sweep=SweepConfig(keep=4, pairs=2, chunk=64),
     evolution=EvolutionConfig(generations=3, patience=2, population=4),
 ).with_phases(("sweep", "evolution"))
 
@@ -132,7 +132,7 @@ def test_sweep_runs_in_the_first_round_only_and_the_rest_share_what_it_leaves(ta
     assert len(swept) == 5 and phases[:5] == swept and swept[2].evaluations == 2 * 3 + 150
     assert outcome.rounds >= 2 and outcome.evaluations >= CONFIG.budget  # the rounds after it spent the rest
     assert sweep_cost(np.ones(150, bool), 2, 2, CONFIG.sweep, 2) == 150 + (4 + 2) * 2
-    assert sweep_cost(np.ones(150, bool), 2, 2, SweepConfig(), 2) == 150 * 2 + (64 + 56) * 2
+    assert sweep_cost(np.ones(150, bool), 2, 2, SweepConfig(images=2), 2) == 150 * 2 + (64 + 56) * 2
 
 
 def test_a_kill_inside_the_sweep_resumes_to_the_same_end(task, search_model, small_vocabulary, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ pytest.importorskip("torchmetrics")
 pytest.importorskip("scipy")
 
 from mlx_alias.reference.train import CURVE, STATE, TrainConfig, train  # noqa: E402
-from mlx_alias.reference.validation import object_scores, separation  # noqa: E402
+from mlx_alias.reference.validation import EITHER, object_scores, separation  # noqa: E402
 
 SMALL = TrainConfig(steps=4, batch=2, queries=2, warmup=2, checkpoint_every=2, validate_every=4, validation_scenes=2)
 
@@ -46,7 +46,7 @@ def test_training_moves_the_weights_and_resumes_to_the_same_ones(tmp_path):
     resumed = _weights(cut)
     assert all(np.array_equal(trained[k], resumed[k]) for k in trained)
     records = [json.loads(line) for line in (tmp_path / "whole" / CURVE).read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3, 4] and "words_median" in records[-1]
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and {"words_median", "either_median"} <= set(records[-1])
     assert 0 <= records[-1]["separation/violet"] <= 1 or np.isnan(records[-1]["separation/violet"])
     assert all(np.isfinite(r["loss"]) for r in records)
     resumed_records = [json.loads(line) for line in (tmp_path / "cut" / CURVE).read_text().splitlines()]
@@ -162,7 +162,8 @@ def test_validate_scenes_compares_states_and_checkpoints_on_the_same_scenes(tmp_
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert len(lines) == 2 * (1 + sum(len(w) for w in WORDS.values())) and "(step 2)" in lines[0]
-    assert "(checkpoint)" in lines[22] and lines[0].split(": ", 1)[1] == lines[22].split(": ", 1)[1]
-    assert lines[1:22] == lines[23:]
+    block = 1 + sum(len(w) for w in WORDS.values()) + len(EITHER)  # a head line, the words, the either captions
+    assert len(lines) == 2 * block and "(step 2)" in lines[0] and "either of two" in lines[block - 1]
+    assert "(checkpoint)" in lines[block] and lines[0].split(": ", 1)[1] == lines[block].split(": ", 1)[1]
+    assert lines[1:block] == lines[block + 1 :]
     assert "words median" in lines[0] and "per stream" in lines[0] and "separation" in lines[1]

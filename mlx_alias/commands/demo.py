@@ -19,7 +19,7 @@ def command(
         "--budget",
         min=1,
         help="Exact evaluations the search may spend per alias length; its sweep of the vocabulary takes "
-        "about 100,000 of them.",
+        "about 50,600 of them.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:

@@ -26,7 +26,7 @@ def command(
         "--budget",
         min=1,
         help="Exact evaluations (candidate x training image) per category and length; "
-        "with the sweep, more than its cost (every allowed token on 2 positive images, then at most 64 tokens "
+        "with the sweep, more than its cost (every allowed token once, then at most 64 tokens "
         "and, for 2+ tokens, 56 pairs per training image).",
     ),
     holdout: float = typer.Option(

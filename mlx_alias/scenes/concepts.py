@@ -68,14 +68,23 @@ CONCEPTS: tuple[Concept, ...] = (
 )
 
 
-def caption(values: dict[str, str]) -> str:
+# An attribute's value in a caption, or two of them side by side: either ("red yellow star": the
+# stars that are red and those that are yellow, as no object has two colours).
+Named = dict[str, str | tuple[str, ...]]
+
+
+def _each(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else value
+
+
+def caption(values: Named) -> str:
     """The model's caption for attribute values, in English order: ``small striped red star``."""
-    return " ".join(WORDS[a][values[a]] for a in ATTRIBUTES if a in values)
+    return " ".join(WORDS[a][v] for a in ATTRIBUTES if a in values for v in _each(values[a]))
 
 
-def matches(things: list[Thing] | tuple[Thing, ...], values: dict[str, str]) -> np.ndarray:
-    """bool [len(things)]: the objects that have every one of ``values``."""
-    return np.array([all(t.value(a) == v for a, v in values.items()) for t in things], bool)
+def matches(things: list[Thing] | tuple[Thing, ...], values: Named) -> np.ndarray:
+    """bool [len(things)]: the objects that have, for each attribute of ``values``, one of its values."""
+    return np.array([all(t.value(a) in _each(v) for a, v in values.items()) for t in things], bool)
 
 
 def vocabulary_ids(tokenizer: Tokenizer) -> set[int]:
@@ -113,12 +122,16 @@ def training_queries(
     random: float = 0.15,
     shape_alone: float = 0.0,
     pattern_alone: float = 0.0,
+    either: float = 0.0,
 ) -> list[Query]:
     """``count`` captions for a scene: about ``positive`` of them name an object's attributes
     (one to four of them), ``random`` are random tokens, the rest name attributes no object has.
     Of the captions that name attributes, ``shape_alone`` more name the shape and nothing else,
-    ``pattern_alone`` the pattern (shapes, then patterns, are what the model learns last; with
-    both 0 nothing extra is drawn from ``rng``, so earlier runs' data is kept)."""
+    ``pattern_alone`` the pattern (shapes, then patterns, are what the model learns last), and
+    ``either`` name two values of one of their attributes, in either order, covering the objects
+    with either (a category no single word covers, such as red or yellow things, then has a
+    caption of the model's words). With all three 0 nothing extra is drawn from ``rng``, so
+    earlier runs' data is kept."""
     values = {"size": SIZES, "pattern": PATTERNS, "colour": tuple(COLOURS), "shape": SHAPES}
     queries = []
     for _ in range(count):
@@ -136,11 +149,16 @@ def training_queries(
             chosen = [a for a in ATTRIBUTES if rng.random() < 0.4] or [ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]]
         if draw < random + positive and things:
             thing = things[int(rng.integers(len(things)))]
-            named = {a: thing.value(a) for a in chosen}
+            named: Named = {a: thing.value(a) for a in chosen}
         else:
             for _ in range(20):  # attributes that no object has all of
                 named = {a: values[a][int(rng.integers(len(values[a])))] for a in chosen}
                 if not matches(things, named).any():
                     break
+        if either and rng.random() < either:
+            attribute = chosen[int(rng.integers(len(chosen)))]
+            others = [v for v in values[attribute] if v != named[attribute]]
+            pair = (named[attribute], others[int(rng.integers(len(others)))])
+            named[attribute] = pair if rng.random() < 0.5 else pair[::-1]
         queries.append(Query(tuple(tokenizer.encode(caption(named))), matches(things, named)))
     return queries

@@ -1,5 +1,5 @@
 """The vocabulary sweep: every allowed token, as an alias of that token alone (repeated to the
-alias length), screened on a few positive training images; the best of them raced on all; then,
+alias length), screened on a positive training image or a few; the best of them raced on all; then,
 for aliases of two or more tokens, pairs of the best screened raced against the best single.
 
 In a trained model the best alias is often one word the model learned for what the dataset
@@ -31,9 +31,9 @@ STAGES = ("screen", "singles", "pairs", "done")
 
 @dataclass(frozen=True)
 class SweepConfig:
-    # positive training images each token is screened on: a word that covers part of a category
-    # (the star of "star or triangle") earns nothing on an image that shows only the other part
-    images: int = 2
+    # positive training images each token is screened on: two found nothing more than one on the
+    # scene model's benchmark, at twice the cost (benchmarks/results/2026-12-05-sweep-pairs.md)
+    images: int = 1
     keep: int = 64  # most screened tokens then raced on every training image, best screened first
     pairs: int = 8  # the best screened tokens whose ordered pairs are raced (aliases of 2+ tokens)
     chunk: int = 1024  # tokens screened per step (the search checkpoints after each)
