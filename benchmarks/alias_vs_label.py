@@ -3,6 +3,7 @@
     python benchmarks/alias_vs_label.py [--concepts hexagon purple ...] [--search-seeds 0 100]
         [--images 24] [--test-images 48] [--budget 1200] [--lengths 1 2]
         [--phases soft,evolution,gcg] [--gcg-far 64] [--json]
+    python benchmarks/alias_vs_label.py --concepts warm --probe yellow "yellow red"
 
 For each concept (``mlx_alias.scenes.concepts.CONCEPTS``: synonyms, named, composites) a COCO
 dataset of ``--images`` scenes is drawn from the renderer's ground truth, with one category
@@ -13,6 +14,8 @@ composites, the best single word of the model's vocabulary (chosen on the train 
 ``--test-images`` more scenes of the same stream that no search sees. Scores are the project's
 objective at sam3's threshold 0.5. The table gives each search; the summary, per family, the
 median of alias / oracle (synonyms), alias / label (named) and alias - best word (composites).
+With ``--probe``, no search: the texts given, scored on each concept's training split (that of
+the first search seed) and its test scenes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from mlx_alias.search.task import category_task, scorer_for
 from mlx_alias.tokenizer import load_tokenizer
 
 THRESHOLD = 0.5  # sam3's own: the trained model is calibrated
+OBJECTIVE = ObjectiveConfig(threshold=THRESHOLD)
 KNOWN = 0.1  # a word scoring under this on the test scenes is one the model does not know (random captions score 0)
 
 
@@ -46,14 +50,42 @@ def _words() -> list[str]:
     return sorted({w for words in WORDS.values() for w in words.values()})
 
 
-def run_concept(model, cache, concept: Concept, args, root: Path) -> list[dict]:
-    tokenizer = load_tokenizer()
+def _datasets(model, cache, concept: Concept, args, root: Path):
+    """The concept's search dataset and the scorer of its unseen test scenes."""
     folder = root / concept.label.replace(" ", "-")
     write_dataset(folder / "data", [concept], args.images, args.world_seed)
     write_dataset(folder / "test", [concept], args.test_images, args.world_seed, first=args.images)
-    data, test = load_dataset(folder / "data"), load_dataset(folder / "test")
-    objective = ObjectiveConfig(threshold=THRESHOLD)
-    test_scorer = scorer_for(model, cache, test, 1, sorted(test.images), objective, 8)
+    test = load_dataset(folder / "test")
+    return load_dataset(folder / "data"), scorer_for(model, cache, test, 1, sorted(test.images), OBJECTIVE, 8)
+
+
+def _task(model, cache, data, holdout: float, seed: int):
+    return category_task(
+        model,
+        cache,
+        data,
+        1,
+        holdout_fraction=holdout,
+        seed=seed,
+        config=OBJECTIVE,
+        pairs_per_batch=SearchConfig().pairs_per_batch,
+    )
+
+
+def probe_concept(model, cache, concept: Concept, args, root: Path) -> list[dict]:
+    """The ``--probe`` texts' scores on the training split of the first search seed and on the
+    test scenes, with no search."""
+    tokenizer = load_tokenizer()
+    data, test_scorer = _datasets(model, cache, concept, args, root)
+    train = _task(model, cache, data, args.holdout, args.search_seeds[0]).train
+    ids = tokenizer(args.probe)
+    pairs = zip(args.probe, train.exact(ids), test_scorer.exact(ids))
+    return [{"label": concept.label, "text": t, "train": a.score, "test": b.score} for t, a, b in pairs]
+
+
+def run_concept(model, cache, concept: Concept, args, root: Path) -> list[dict]:
+    tokenizer = load_tokenizer()
+    data, test_scorer = _datasets(model, cache, concept, args, root)
 
     def on_test(texts: list[str]) -> list[float]:
         return [r.score for r in test_scorer.exact(tokenizer(texts))]
@@ -65,22 +97,13 @@ def run_concept(model, cache, concept: Concept, args, root: Path) -> list[dict]:
             budget=args.budget,
             holdout_fraction=args.holdout,
             seed=search_seed,
-            objective=objective,
+            objective=OBJECTIVE,
         )
         if args.phases:
             cfg = cfg.with_phases(tuple(args.phases.split(",")))
         if args.gcg_far is not None:
             cfg = dataclasses.replace(cfg, gcg=dataclasses.replace(cfg.gcg, far=args.gcg_far))
-        task = category_task(
-            model,
-            cache,
-            data,
-            1,
-            holdout_fraction=cfg.holdout_fraction,
-            seed=cfg.seed,
-            config=objective,
-            pairs_per_batch=cfg.pairs_per_batch,
-        )
+        task = _task(model, cache, data, cfg.holdout_fraction, cfg.seed)
         started = time.time()
         outcomes = [search_category(task, model, tokenizer, cfg, length) for length in cfg.lengths]
         seconds = time.time() - started
@@ -158,6 +181,7 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=SearchConfig().holdout_fraction)
     parser.add_argument("--phases", help="comma-separated search phases (default: the search's)")
     parser.add_argument("--gcg-far", type=int, help="GCG's far tokens per position (default: the search's)")
+    parser.add_argument("--probe", nargs="+", help="score these texts on each concept's data instead of searching")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     concepts = [c for c in CONCEPTS if not args.concepts or c.label in args.concepts]
@@ -166,6 +190,15 @@ def main() -> None:
         weights = args.weights or convert_shipped(root / "weights")
         model = load_model(weights)
         cache = FeatureCache(model, weights, root / "cache")
+        if args.probe:
+            probes = [row for concept in concepts for row in probe_concept(model, cache, concept, args, root)]
+            for r in probes:
+                print(
+                    json.dumps(r)
+                    if args.json
+                    else f"{r['label']:14s} {r['text']:28s} {r['train']:6.3f} {r['test']:6.3f}"
+                )
+            return
         rows = [row for concept in concepts for row in run_concept(model, cache, concept, args, root)]
     result = {
         "rows": rows,
