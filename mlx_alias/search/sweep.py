@@ -63,7 +63,7 @@ class SweepPhase:
         self.position = 0  # tokens screened so far
         self.kept: dict[int, float] = {}  # token -> screen quality, where above 0
         self.bar = max(c.score for c in start) if start else -np.inf
-        self.raced: list[Candidate] = []  # singles, then pairs, that beat the bar
+        self.raced: list[Candidate] = []  # singles, then pairs, that the races scored whole (not pruned)
         self.stage = "screen" if self.images else "done"  # nothing to screen on without a positive image
 
     @property
