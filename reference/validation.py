@@ -94,8 +94,8 @@ def validate(
                     covered = sc.masks[:0]
                 target = MaskTarget(area_resize(covered, mask_size, mask_size), np.zeros((mask_size, mask_size), bool))
                 results[c].append(score_image(scores[c], logits[c], target, objective))
-    per_caption = {captions[c][0]: aggregate(results[c], objective).score for c in range(len(captions))}
-    per_word, either = dict(list(per_caption.items())[:words]), dict(list(per_caption.items())[words:])
+    per_word = {captions[c][0]: aggregate(results[c], objective).score for c in range(words)}
+    either = {captions[c][0]: aggregate(results[c], objective).score for c in range(words, len(captions))}
     random_scores = [aggregate(results[len(captions) + r], objective).score for r in range(len(randoms))]
     return {
         "words_median": float(np.median(list(per_word.values()))),
