@@ -122,6 +122,18 @@ def run_concept(model, cache, concept: Concept, args, root: Path) -> list[dict]:
             "oracle_test": on_test([concept.oracle])[0] if concept.oracle else None,
             "evaluations": sum(o.evaluations for o in outcomes),
             "seconds": round(seconds, 1),
+            # each length's best, to see what the choice by training score gives up
+            "lengths": [
+                {
+                    "alias": tokenizer.decode(o.best.tokens),
+                    "train": o.best.score,
+                    "holdout": task.holdout.exact(ids_of(tokenizer, [o.best.tokens]))[0].score
+                    if task.holdout
+                    else None,
+                    "test": test_scorer.exact(ids_of(tokenizer, [o.best.tokens]))[0].score,
+                }
+                for o in outcomes
+            ],
         }
         if concept.family == "composite":
             words = _words()
