@@ -12,7 +12,8 @@ synthetic images, the prompt planted with the demo's rule (threshold and margin)
 method searches the same train split with the same budget. Methods: the full pipeline, each
 phase alone, and the seed-style baseline (random starts, a genetic algorithm with population 20,
 embedding-neighbour mutations, no gradients, one candidate at a time, each (candidate, image)
-pair re-reading and re-encoding its image as the original experiment did: ``ReencodingScorer``).
+pair re-reading and re-encoding its image as the original experiment did: ``ReencodingScorer``),
+and the vocabulary sweep before the full pipeline, given what the sweep costs on top of the budget.
 
 The search's dataset is small (12 images: 8 train, 4 holdout), and a holdout of 4 images is a
 noisy measure of how an alias generalises: one false positive on a holdout negative costs 0.5.
@@ -54,10 +55,12 @@ from mlx_alias.reference.build import build_model, shape_tiny, sharpen_scores
 from mlx_alias.reference.checkpoint import save_checkpoint
 from mlx_alias.search.cache import FeatureCache
 from mlx_alias.search.discrete import GcgConfig
-from mlx_alias.search.driver import SearchConfig, search_category
+from mlx_alias.search.driver import DEFAULT_PHASES, SearchConfig, search_category
 from mlx_alias.search.objective import ObjectiveConfig
 from mlx_alias.search.phase import ids_of
+from mlx_alias.search.sweep import sweep_cost
 from mlx_alias.search.task import category_task, scorer_for
+from mlx_alias.search.vocab import allowed_tokens
 from mlx_alias.tokenizer import load_tokenizer
 
 from baselines import SEED_STYLE, ReencodingScorer
@@ -72,12 +75,23 @@ METHODS = {
     "gcg only": {"phases": ("gcg",), "shares": (1.0,)},
     "evolution only": {"phases": ("evolution",), "shares": (1.0,)},
     "seed-style": {"phases": ("evolution",), "shares": (1.0,), "evolution": SEED_STYLE},
+    # the vocabulary sweep before the default phases; its cost is added to the budget, so the
+    # phases after it share what the others get (``sweep_budget``)
+    "sweep, full": {"phases": ("sweep", *DEFAULT_PHASES), "shares": (0.0, *SearchConfig().shares)},
 }
 
 
 def first_reaching(curve: list[tuple[float, float]], level: float) -> float | None:
     """The first x of (x, best so far) pairs whose best reaches ``level``."""
     return next((x for x, best in curve if best >= level), None)
+
+
+def sweep_budget(cfg: SearchConfig, task, tokenizer, length: int) -> int:
+    """``cfg``'s budget plus the most its sweep can cost on ``task``: the phases after the sweep
+    share the same evaluations as in a search without it."""
+    positives = sum(t.masks.shape[0] > 0 for t in task.train.targets)
+    allowed = allowed_tokens(tokenizer, cfg.roundtrip_only)
+    return cfg.budget + sweep_cost(allowed, positives, task.train.images, cfg.sweep, length)
 
 
 def world(seed: int, prompt: str, root: Path, images: int, margin_spreads: float = 0.0, plain_vocabulary: bool = False):
@@ -173,6 +187,8 @@ def run(
             if soft_starts is not None:
                 cfg = dataclasses.replace(cfg, soft=dataclasses.replace(cfg.soft, starts=soft_starts))
             task = category_task(model, cache, dataset, 1, holdout_fraction=0.34, seed=seed, config=objective)
+            if "sweep" in cfg.phases:
+                cfg = dataclasses.replace(cfg, budget=sweep_budget(cfg, task, tokenizer, len(hidden.content)))
             setup = encoding
             if method == "seed-style":
                 task = dataclasses.replace(
