@@ -35,6 +35,7 @@ from mlx_alias.scenes.concepts import CONCEPTS, WORDS, Concept
 from mlx_alias.scenes.dataset import write_dataset
 from mlx_alias.scenes.weights import convert_shipped
 from mlx_alias.search.cache import FeatureCache
+from mlx_alias.search.category import best_length
 from mlx_alias.search.driver import SearchConfig, search_category
 from mlx_alias.search.objective import ObjectiveConfig
 from mlx_alias.search.phase import ids_of
@@ -107,8 +108,18 @@ def run_concept(model, cache, concept: Concept, args, root: Path) -> list[dict]:
         started = time.time()
         outcomes = [search_category(task, model, tokenizer, cfg, length) for length in cfg.lengths]
         seconds = time.time() - started
-        best = max((o.best for o in outcomes), key=lambda c: (c.score, -len(c.tokens)))
-        alias_test = test_scorer.exact(ids_of(tokenizer, [best.tokens]))[0].score
+        # each length's best, to see what the choice by training score (the search's) gives up
+        lengths = [
+            {
+                "alias": tokenizer.decode(o.best.tokens),
+                "train": o.best.score,
+                "holdout": task.holdout.exact(ids_of(tokenizer, [o.best.tokens]))[0].score if task.holdout else None,
+                "test": test_scorer.exact(ids_of(tokenizer, [o.best.tokens]))[0].score,
+            }
+            for o in outcomes
+        ]
+        kept = best_length(outcomes)
+        best, alias_test = outcomes[kept].best, lengths[kept]["test"]
         row = {
             "label": concept.label,
             "family": concept.family,
@@ -122,18 +133,7 @@ def run_concept(model, cache, concept: Concept, args, root: Path) -> list[dict]:
             "oracle_test": on_test([concept.oracle])[0] if concept.oracle else None,
             "evaluations": sum(o.evaluations for o in outcomes),
             "seconds": round(seconds, 1),
-            # each length's best, to see what the choice by training score gives up
-            "lengths": [
-                {
-                    "alias": tokenizer.decode(o.best.tokens),
-                    "train": o.best.score,
-                    "holdout": task.holdout.exact(ids_of(tokenizer, [o.best.tokens]))[0].score
-                    if task.holdout
-                    else None,
-                    "test": test_scorer.exact(ids_of(tokenizer, [o.best.tokens]))[0].score,
-                }
-                for o in outcomes
-            ],
+            "lengths": lengths,
         }
         if concept.family == "composite":
             words = _words()

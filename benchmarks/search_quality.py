@@ -58,7 +58,7 @@ from mlx_alias.search.discrete import GcgConfig
 from mlx_alias.search.driver import DEFAULT_PHASES, SearchConfig, search_category
 from mlx_alias.search.objective import ObjectiveConfig
 from mlx_alias.search.phase import ids_of
-from mlx_alias.search.sweep import sweep_cost
+from mlx_alias.search.sweep import scorer_sweep_cost
 from mlx_alias.search.task import category_task, scorer_for
 from mlx_alias.search.vocab import allowed_tokens
 from mlx_alias.tokenizer import load_tokenizer
@@ -89,9 +89,8 @@ def first_reaching(curve: list[tuple[float, float]], level: float) -> float | No
 def sweep_budget(cfg: SearchConfig, task, tokenizer, length: int) -> int:
     """``cfg``'s budget plus the most its sweep can cost on ``task``: the phases after the sweep
     share the same evaluations as in a search without it."""
-    positives = sum(t.masks.shape[0] > 0 for t in task.train.targets)
     allowed = allowed_tokens(tokenizer, cfg.roundtrip_only)
-    return cfg.budget + sweep_cost(allowed, positives, task.train.images, cfg.sweep, length)
+    return cfg.budget + scorer_sweep_cost(allowed, task.train, cfg.sweep, length)
 
 
 def world(seed: int, prompt: str, root: Path, images: int, margin_spreads: float = 0.0, plain_vocabulary: bool = False):

@@ -59,9 +59,13 @@ def _joined_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, floa
     return joined
 
 
+def best_length(outcomes: list[Outcome]) -> int:
+    """Which length's alias a search keeps: the best train score; of equals, the shortest."""
+    return max(range(len(outcomes)), key=lambda i: (outcomes[i].best.score, -len(outcomes[i].best.tokens)))
+
+
 def category_alias(task: CategoryTask, outcomes: list[Outcome], tokenizer: Tokenizer) -> Alias:
-    # the best train score; of equals, the shortest alias
-    best = max((o.best for o in outcomes), key=lambda c: (c.score, -len(c.tokens)))
+    best = outcomes[best_length(outcomes)].best
     baseline = None
     if task.category.name:
         name = task.category.name

@@ -32,7 +32,7 @@ from .objective import ObjectiveConfig
 from .phase import Candidate, SearchContext, ids_of
 from .soft import SoftConfig, SoftPromptPhase
 from .state import StateError, load_state, save_state
-from .sweep import SweepConfig, SweepPhase, sweep_cost
+from .sweep import SweepConfig, SweepPhase, scorer_sweep_cost
 from .task import CategoryTask
 from .vocab import allowed_tokens
 
@@ -233,8 +233,7 @@ class CategorySearch:
             model, task.train, tokenizer, allowed, length, np.random.default_rng([cfg.seed, task.category.id])
         )
         if "sweep" in cfg.phases:
-            positives = sum(t.masks.shape[0] > 0 for t in task.train.targets)
-            cost = sweep_cost(allowed, positives, task.train.images, cfg.sweep, length)
+            cost = scorer_sweep_cost(allowed, task.train, cfg.sweep, length)
             if cfg.budget <= cost:
                 raise ValueError(
                     f"the sweep of {int(allowed.sum())} tokens costs up to {cost} evaluations a length, "

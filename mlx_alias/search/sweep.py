@@ -50,6 +50,12 @@ def sweep_cost(allowed: np.ndarray, positives: int, images: int, config: SweepCo
     return int(allowed.sum()) * min(config.images, positives) + (config.keep + pair_count(config, length)) * images
 
 
+def scorer_sweep_cost(allowed: np.ndarray, scorer: Any, config: SweepConfig, length: int) -> int:
+    """``sweep_cost`` on a training scorer's images, screening among its positive ones."""
+    positives = sum(target.masks.shape[0] > 0 for target in scorer.targets)
+    return sweep_cost(allowed, positives, scorer.images, config, length)
+
+
 class SweepPhase:
     name = "sweep"
 
